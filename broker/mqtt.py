@@ -52,6 +52,8 @@ class Message:
 
 
 Handler = Callable[[list[Message]], None]
+AckCallback = Callable[[bool], None]
+"""Called once per QoS 1 publish: True when the broker accepted it (PUBACK), False when it refused it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,9 @@ class MqttError(Exception):
 class MqttClient:
     """An asyncio MQTT 5 client with batched, acknowledged-after-handling delivery."""
 
+    READ_BURST = 2000
+    """Most packets read per wake-up (one batch for the handlers)."""
+
     def __init__(
         self,
         url: str,
@@ -135,8 +140,11 @@ class MqttClient:
         self._handlers: dict[str, list[Handler]] = {}
         self._sub_qos: dict[str, int] = {}
         self._batch: dict[Handler, list[Message]] = {}
+        self._route_cache: dict[str, tuple[Handler, ...]] = {}
+        self._writer_on = False
         self._to_ack: list[tuple[int, int]] = []
         self._pending = 0
+        self._ack_callbacks: dict[int, AckCallback] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._connected = asyncio.Event()
@@ -251,26 +259,34 @@ class MqttClient:
         first = topic_filter not in self._handlers
         self._handlers.setdefault(topic_filter, []).append(handler)
         self._sub_qos[topic_filter] = max(qos, self._sub_qos.get(topic_filter, 0))
-        if first:
-            self._client.message_callback_add(topic_filter, self._make_dispatch(topic_filter))
-            if self._connected.is_set():
-                self._client.subscribe(topic_filter, qos)
+        self._route_cache.clear()
+        if first and self._connected.is_set():
+            self._client.subscribe(topic_filter, qos)
 
-    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Queue a message without waiting (callers that must not block use this)."""
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
+                       on_acked: AckCallback | None = None) -> paho.MQTTMessageInfo:
+        """Queue a message without waiting (callers that must not block use this).
+
+        ``on_acked`` (QoS 1 only) is called in the loop thread when the broker's PUBACK
+        arrives; store-and-forward callers delete their durable copy only then.
+        """
         info = self._client.publish(topic, payload, qos, retain)
         self.counters["published"] += 1
         if qos > 0 and info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN, paho.MQTT_ERR_QUEUE_SIZE):
             self._pending += 1
+            if on_acked is not None:
+                self._ack_callbacks[info.mid] = on_acked
             if self._pending >= self._max_pending:
                 self._drained.clear()
+        return info
 
-    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
+                      on_acked: AckCallback | None = None) -> None:
         """Publish; waits only while ``max_pending`` messages are unacknowledged."""
         while self._pending >= self._max_pending:
             self._drained.clear()
             await self._drained.wait()
-        self.publish_nowait(topic, payload, qos, retain)
+        self.publish_nowait(topic, payload, qos, retain, on_acked=on_acked)
 
     async def flush(self) -> None:
         """Wait until every QoS 1 message published so far is acknowledged."""
@@ -293,27 +309,41 @@ class MqttClient:
 
     # ------------------------------------------------------------------ paho callbacks
 
-    def _make_dispatch(self, topic_filter: str) -> Callable[[paho.Client, Any, paho.MQTTMessage], None]:
-        handlers = self._handlers[topic_filter]
-
-        def dispatch(_client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-            message = Message(msg.topic, msg.payload, msg.qos, bool(msg.retain), time.time())
-            for handler in handlers:
-                batch = self._batch.get(handler)
-                if batch is None:
-                    self._batch[handler] = [message]
-                else:
-                    batch.append(message)
-            self._to_ack.append((msg.mid, msg.qos))
-
-        return dispatch
+    def _route(self, topic: str) -> tuple[Handler, ...]:
+        handlers = self._route_cache.get(topic)
+        if handlers is None:
+            found: list[Handler] = []
+            for topic_filter, hs in self._handlers.items():
+                if paho.topic_matches_sub(topic_filter, topic):
+                    found.extend(h for h in hs if h not in found)
+            handlers = tuple(found)
+            if len(self._route_cache) > 200_000:
+                self._route_cache.clear()
+            self._route_cache[topic] = handlers
+        return handlers
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        # A message that matched no filter (subscriptions left in a persistent session): ack it.
+        # Messages that match no handler (subscriptions left in a persistent session) are acked too.
         self._to_ack.append((msg.mid, msg.qos))
+        handlers = self._route(msg.topic)
+        if not handlers:
+            return
+        message = Message(msg.topic, msg.payload, msg.qos, bool(msg.retain), time.time())
+        for handler in handlers:
+            batch = self._batch.get(handler)
+            if batch is None:
+                self._batch[handler] = [message]
+            else:
+                batch.append(message)
 
-    def _on_publish(self, _c: paho.Client, _u: Any, _mid: int, _rc: ReasonCode, _p: Properties) -> None:
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, rc: ReasonCode, _p: Properties) -> None:
         self.counters["acked_out"] += 1
+        callback = self._ack_callbacks.pop(mid, None) if self._ack_callbacks else None
+        if callback is not None:
+            try:
+                callback(not rc.is_failure)
+            except Exception:
+                log.exception("mqtt %s: ack callback failed for message %d", self.client_id, mid)
         if self._pending > 0:
             self._pending -= 1
         if self._pending < self._max_pending // 2 or self._pending == 0:
@@ -360,29 +390,48 @@ class MqttClient:
         self._in_loop(self._remove_socket)
 
     def _remove_socket(self) -> None:
+        self._writer_on = False
         if self._sock is not None and self._loop is not None:
             self._loop.remove_reader(self._sock)
             self._loop.remove_writer(self._sock)
         self._sock = None
 
     def _on_register_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        self._in_loop(self._add_writer, sock)
+        if not self._writer_on or threading.get_ident() != self._loop_thread:
+            self._in_loop(self._add_writer, sock)
 
     def _add_writer(self, sock: socket.socket) -> None:
         if self._loop is not None and sock is self._sock:
+            self._writer_on = True
             self._loop.add_writer(sock, self._on_writable)
 
     def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
         self._in_loop(self._remove_writer, sock)
 
     def _remove_writer(self, sock: socket.socket) -> None:
+        self._writer_on = False
         if self._loop is not None:
             self._loop.remove_writer(sock)
 
     # ------------------------------------------------------------------ I/O
 
     def _on_readable(self) -> None:
-        self._client.loop_read()
+        # paho's public loop_read() reads a single packet when nothing is in flight outwards,
+        # which costs one event-loop wake-up per message; read what has arrived in one go.
+        client = self._client
+        read_packet = getattr(client, "_packet_read", None)
+        if read_packet is None:
+            client.loop_read()
+        else:
+            for _ in range(self.READ_BURST):
+                if client._sock is None:
+                    break
+                rc = read_packet()
+                if rc == paho.MQTT_ERR_AGAIN:
+                    break
+                if rc > 0:
+                    client._loop_rc_handle(rc)
+                    break
         self._deliver()
 
     def _on_writable(self) -> None:
@@ -402,9 +451,13 @@ class MqttClient:
                 self.counters["handler_errors"] += 1
                 log.exception("mqtt %s: handler %r failed on %d messages", self.client_id, handler, len(messages))
         self.counters["received"] += len(acks)
+        ack = self._client.ack
         for mid, qos in acks:
             if qos > 0:
-                self._client.ack(mid, qos)
+                ack(mid, qos)
+        if acks:
+            # Send the batch's PUBACKs now, in as few writes as the socket takes.
+            self._client.loop_write()
 
     async def _misc(self) -> None:
         while True:

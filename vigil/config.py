@@ -1,0 +1,140 @@
+"""The deployment configuration: one YAML file, validated at start.
+
+Errors name the file and the key (``vigil.yaml: Expected `int`, got `str` - at `$.storage.batch_size```);
+unknown keys are errors. Any string may reference environment variables as ``${NAME}`` or
+``${NAME:-default}``, so secrets stay out of the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from alerting.config import AlertingConfig
+from rules.config import RulesConfig
+from storage.config import StorageConfig
+
+ServiceName = Literal["rules", "alerting", "storage", "console"]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the key."""
+
+
+class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the platform's services reach the broker."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    """``mqtt://user:password@host:port`` (``mqtts://`` for TLS); use ``${ENV}`` for the password."""
+    client_id: str | None = None
+    """Persistent-session client id; defaults to ``vigil-{node}``. Keep it stable across restarts."""
+    ca_file: str | None = None
+    max_pending: int = 2000
+
+
+class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Mosquitto run by ``vigil broker`` from the device registry."""
+
+    listen_host: str = "127.0.0.1"
+    port: int = 1883
+    data_dir: str = "var/mosquitto"
+    tls_port: int | None = None
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    tls_cafile: str | None = None
+
+
+class VigilConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Top level of ``vigil.yaml``."""
+
+    node: str = "platform"
+    """This process's name; part of its MQTT client id and its state folder."""
+    services: list[ServiceName] = ["rules", "alerting", "storage"]
+    state_dir: str = "var/state"
+    registry: str | None = None
+    """Path of the device registry YAML (relative paths are relative to the config file)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    mqtt: MqttSettings = MqttSettings()
+    broker: BrokerSettings = BrokerSettings()
+    rules: RulesConfig = RulesConfig()
+    alerting: AlertingConfig = AlertingConfig()
+    storage: StorageConfig = StorageConfig()
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(value: Any, path: str = "$", env: dict[str, str] | None = None) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree.
+
+    Raises:
+        ConfigError: a referenced variable is unset and has no default (names the key).
+    """
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    assert env is not None
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set (needed at `{path}`)")
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, f"{path}.{k}", env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = None) -> VigilConfig:
+    """Validate parsed YAML as a Vigil configuration.
+
+    Raises:
+        ConfigError: naming ``source`` and the offending key.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        raw = substitute_env(raw)
+        cfg = msgspec.convert(raw, VigilConfig)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def load_config(path: str | Path) -> VigilConfig:
+    """Read and validate a configuration file.
+
+    Raises:
+        ConfigError: unreadable file, bad YAML, or an invalid key (named in the message).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(path), path.parent)
+
+
+def _resolve_paths(cfg: VigilConfig, base: Path) -> VigilConfig:
+    def rel(p: str | None) -> str | None:
+        if p is None or Path(p).is_absolute():
+            return p
+        return str((base / p).resolve())
+
+    return msgspec.structs.replace(cfg, registry=rel(cfg.registry), state_dir=rel(cfg.state_dir) or cfg.state_dir)

@@ -1,0 +1,130 @@
+"""Runs the platform stages a configuration names, in one process, over one MQTT session.
+
+Stages are looked up by name in ``STAGES`` (a registry of factories), each built with the
+shared runtime objects (MQTT client, device ingest, registry, state folder) and run in one
+TaskGroup with named tasks. A process that runs several stages decodes each device message
+once (``DeviceIngest``); a deployment can instead run each stage in its own process with its
+own ``node`` name, or several instances of one stage behind MQTT 5 shared subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from broker.ingest import DeviceIngest
+from broker.mqtt import MqttClient
+from broker.registry import DeviceRegistry
+from vigil.config import VigilConfig
+
+log = logging.getLogger(__name__)
+
+
+class Stage(Protocol):
+    """What every platform stage offers the runtime."""
+
+    def attach(self) -> None:
+        """Register ingest consumers and MQTT subscriptions (before the client connects)."""
+
+    async def run(self) -> None:
+        """Run until cancelled."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for logs and benchmarks."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Where a stage's service class and its config live."""
+
+    module: str
+    cls: str
+    config_attr: str
+
+
+STAGES: dict[str, StageSpec] = {
+    "rules": StageSpec("rules.service", "RulesService", "rules"),
+    "alerting": StageSpec("alerting.service", "AlertingService", "alerting"),
+    "storage": StageSpec("storage.service", "StorageService", "storage"),
+    "console": StageSpec("console.service", "ConsoleService", "console"),
+}
+
+
+@dataclass
+class Platform:
+    """The running stages of one process and the objects they share."""
+
+    config: VigilConfig
+    registry: DeviceRegistry
+    mqtt: MqttClient
+    ingest: DeviceIngest
+    stages: dict[str, Stage]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the client, the ingest and every stage."""
+        out: dict[str, Any] = {
+            "mqtt": dict(self.mqtt.counters),
+            "ingest": {"accepted": self.ingest.accepted, "rejected": {k.value: v for k, v in self.ingest.rejected.items()}},
+        }
+        for name, stage in self.stages.items():
+            out[name] = stage.stats()
+        return out
+
+
+def build_platform(config: VigilConfig, registry: DeviceRegistry, *, extra: dict[str, Any] | None = None) -> Platform:
+    """Create the shared objects and the configured stages (not yet connected)."""
+    state = Path(config.state_dir) / config.node
+    state.mkdir(parents=True, exist_ok=True)
+    client_id = config.mqtt.client_id or f"vigil-{config.node}"
+    mqtt = MqttClient(config.mqtt.url, client_id, ca_file=config.mqtt.ca_file, max_pending=config.mqtt.max_pending)
+    ingest = DeviceIngest(mqtt, stage=config.node)
+    stages: dict[str, Stage] = {}
+    for name in config.services:
+        spec = STAGES[name]
+        cls = getattr(importlib.import_module(spec.module), spec.cls)
+        kwargs: dict[str, Any] = {"mqtt": mqtt, "ingest": ingest, "registry": registry, "state_dir": state / name}
+        if extra and name in extra:
+            kwargs.update(extra[name])
+        (state / name).mkdir(parents=True, exist_ok=True)
+        stages[name] = cls(getattr(config, spec.config_attr), **kwargs)
+    for stage in stages.values():
+        stage.attach()
+    return Platform(config, registry, mqtt, ingest, stages)
+
+
+async def run_platform(platform: Platform, stop: asyncio.Event,
+                       on_started: Callable[[Platform], None] | None = None) -> None:
+    """Connect, run every stage until ``stop`` is set, then shut down in order."""
+    await platform.mqtt.start()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(stage.run(), name=f"stage-{name}") for name, stage in platform.stages.items()]
+            if on_started is not None:
+                on_started(platform)
+            waiter = tg.create_task(stop.wait(), name="stop-waiter")
+            await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            for task in [waiter, *tasks]:
+                task.cancel()
+    finally:
+        await platform.mqtt.stop()
+
+
+def install_signal_handlers(stop: asyncio.Event, on_reload: Callable[[], None] | None = None) -> None:
+    """Ctrl-C / SIGTERM end the run cleanly; SIGHUP asks stages to reload."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if on_reload is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_reload)
