@@ -54,7 +54,7 @@ class VigilConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     node: str = "platform"
     """This process's name; part of its MQTT client id and its state folder."""
-    services: list[ServiceName] = ["rules", "alerting", "storage"]
+    services: list[ServiceName] = msgspec.field(default_factory=lambda: ["rules", "alerting", "storage"])
     state_dir: str = "var/state"
     registry: str | None = None
     """Path of the device registry YAML (relative paths are relative to the config file)."""

@@ -1,0 +1,245 @@
+"""End-to-end benchmark: simulated devices -> Mosquitto -> platform -> InfluxDB 1.6 and Apprise.
+
+Everything runs on this machine as separate processes, as in production: a private Mosquitto,
+a private InfluxDB 1.6, the platform (`vigil run --config`, rules + alerting + storage in one
+process) and simulated elevator fleets publishing QoS 1 telemetry.
+
+Phase 1, ingest: DEVICES elevators at RATE Hz each for DURATION s; then every point is counted
+in InfluxDB with InfluxQL (zero loss means count == published). Reports the publishers' achieved
+rate, the rate at which points landed, the platform's CPU share and RSS.
+Phase 2, alert latency at half that load: while the fleet runs at half rate, a probe device
+publishes a reading that breaks a zero-hold threshold rule; the time from its publish to the
+notification reaching a local HTTP receiver through Apprise (json://) is measured, and, when
+alerting exposes it, to the hand-off to Apprise.
+
+Run: .venv/bin/python bench/bench_e2e.py [--devices 1000] [--rate 10] [--duration 60] [--probes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from broker.mosquitto import free_port, running_mosquitto
+from broker.mqtt import MqttClient
+from broker.registry import DeviceRegistry
+from storage.localservers import InfluxdProcess
+
+PROBE_RULE = """
+rules:
+  - name: bench_latency_probe
+    kind: elevator
+    devices: [{devices}]
+    severity: critical
+    condition:
+      threshold: {{value: speed_mps, above: 100, clear_below: 50}}
+    summary: "探针 {{device_id}}"
+    summary_en: "probe {{device_id}}"
+"""
+
+
+def fleet_process(url: str, count: int, rate: float, duration: float, prefix: str, out: Any) -> None:
+    """One publisher process: a fleet of simulated elevators."""
+    from simulators.elevator_fleet import run_fleet
+
+    t = time.perf_counter()
+    published = asyncio.run(run_fleet(url, count, rate, duration, id_prefix=prefix, connections=2))
+    out.put((published, time.perf_counter() - t))
+
+
+def proc_sample(pid: int) -> tuple[float, int]:
+    """CPU seconds used so far and resident memory (bytes) of a process."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = 0
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    return cpu, rss
+
+
+def influx_count(url: str, query: str) -> int:
+    q = urllib.parse.urlencode({"db": "vigil", "q": query})
+    with urllib.request.urlopen(f"{url}/query?{q}", timeout=30) as resp:
+        body = json.loads(resp.read())
+    total = 0
+    for result in body.get("results", []):
+        for series in result.get("series", []):
+            for row in series["values"]:
+                total += int(row[1] or 0)
+    return total
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def run_fleets(url: str, devices: int, rate: float, duration: float, processes: int, tag: str) -> mp.Queue:  # type: ignore[type-arg]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    per = devices // processes
+    for i in range(processes):
+        ctx.Process(target=fleet_process, args=(url, per, rate, duration, f"{tag}{i}-", out), daemon=True).start()
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=10.0, help="messages per device per second")
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    ap.add_argument("--probes", type=int, default=100)
+    ap.add_argument("--skip-ingest", action="store_true")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        registry = DeviceRegistry.from_data({"services": [
+            {"name": "vigil-platform", "role": "platform", "password": "bench-platform"},
+            {"name": "vigil-simulator", "role": "gateway", "password": "bench-sim"},
+        ]})
+        influx = InfluxdProcess(tmp / "influxdb")
+        influx.start()
+        received: list[tuple[float, dict[str, Any]]] = []
+        app = web.Application()
+
+        async def on_post(request: web.Request) -> web.Response:
+            received.append((time.time(), await request.json()))
+            return web.Response(text="ok")
+
+        app.router.add_post("/{tail:.*}", on_post)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        recv_port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", recv_port).start()
+
+        probe_ids = [f"probe-{i:04d}" for i in range(args.probes)]
+        (tmp / "probe.yaml").write_text(PROBE_RULE.format(devices=", ".join(probe_ids)))
+        with running_mosquitto(tmp / "mosquitto", registry) as broker:
+            plat_url = f"mqtt://vigil-platform:bench-platform@127.0.0.1:{broker.port}"
+            sim_url = f"mqtt://vigil-simulator:bench-sim@127.0.0.1:{broker.port}"
+            config = {
+                "node": "bench", "state_dir": str(tmp / "state"), "log_level": "warning",
+                "services": ["rules", "alerting", "storage"],
+                "mqtt": {"url": plat_url, "client_id": "vigil-bench"},
+                "rules": {"packs": ["elevator"], "paths": [str(tmp / "probe.yaml")]},
+                "storage": {"backend": "influxdb-v1", "influxdb_v1": {"url": influx.url, "database": "vigil"}},
+                "alerting": {
+                    "receivers": [{"name": "duty", "urls": [f"json://127.0.0.1:{recv_port}/duty"]}],
+                    "people": [], "escalation_policies": [], "inhibit_rules": [],
+                    "route": {"receivers": ["duty"], "group_by": ["rule", "device_id"], "group_wait_s": 0,
+                              "group_interval_s": 0, "repeat_interval_s": 3600},
+                },
+            }
+            (tmp / "vigil.yaml").write_text(yaml.safe_dump(config))
+            platform = subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(tmp / "vigil.yaml")],
+                                        stderr=(tmp / "platform.log").open("w"))
+            await asyncio.sleep(4)
+            print(f"machine: {os.cpu_count()} cores; Mosquitto {broker.url}; InfluxDB 1.6 {influx.url}; "
+                  f"platform pid {platform.pid}")
+            try:
+                if not args.skip_ingest:
+                    await ingest_phase(args, sim_url, influx.url, platform.pid)
+                await latency_phase(args, sim_url, plat_url, probe_ids, received, platform.pid)
+            finally:
+                platform.terminate()
+                platform.wait(30)
+                tail = (tmp / "platform.log").read_text().splitlines()[-5:]
+                if any("Traceback" in line or "ERROR" in line for line in tail):
+                    print("platform log tail:\n" + "\n".join(tail))
+        await runner.cleanup()
+        influx.stop()
+
+
+async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, pid: int) -> None:
+    target = args.devices * args.rate
+    print(f"\n[ingest] {args.devices} devices x {args.rate} Hz = {target:,.0f} msg/s target, QoS 1, "
+          f"{args.duration:.0f} s, {args.publishers} publisher processes")
+    cpu0, _ = proc_sample(pid)
+    t0 = time.time()
+    out = run_fleets(sim_url, args.devices, args.rate, args.duration, args.publishers, "ing")
+    rss_peak = 0
+    while time.time() - t0 < args.duration:
+        await asyncio.sleep(1)
+        rss_peak = max(rss_peak, proc_sample(pid)[1])
+    results = [await asyncio.to_thread(out.get, True, 300) for _ in range(args.publishers)]
+    published = sum(r[0] for r in results)
+    pub_time = max(r[1] for r in results)
+    cpu1, _ = proc_sample(pid)
+    pub_done = time.time()
+    query = "SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^ing/"
+    landed = 0
+    while time.time() - pub_done < 180:
+        landed = await asyncio.to_thread(influx_count, influx_url, query)
+        if landed >= published:
+            break
+        await asyncio.sleep(1)
+    done = time.time()
+    cpu2, rss = proc_sample(pid)
+    print(f"  published {published:,} in {pub_time:.1f} s = {published / pub_time:,.0f} msg/s (publishers' pace)")
+    print(f"  landed in InfluxDB: {landed:,} ({published - landed:,} missing) ; all landed "
+          f"{done - pub_done:.1f} s after the last publish; end-to-end {landed / (done - t0):,.0f} points/s")
+    print(f"  platform CPU while publishing: {(cpu1 - cpu0) / pub_time * 100:.0f}% of one core; "
+          f"total CPU {cpu2 - cpu0:.1f} s; RSS peak {rss_peak / 2**20:.0f} MiB, at end {rss / 2**20:.0f} MiB")
+
+
+async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, probe_ids: list[str],
+                        received: list[tuple[float, dict[str, Any]]], pid: int) -> None:
+    half = args.devices * args.rate / 2
+    duration = max(30.0, args.probes * 0.25 + 10)
+    print(f"\n[latency] fleet at {half:,.0f} msg/s for {duration:.0f} s; {len(probe_ids)} probes")
+    out = run_fleets(sim_url, args.devices, args.rate / 2, duration, args.publishers, "lat")
+    await asyncio.sleep(3)
+    lat: list[float] = []
+    async with MqttClient(sim_url, "bench-probe", clean_start=True) as probe:
+        for dev in probe_ids:
+            before = len(received)
+            now = datetime.now(UTC)
+            payload = json.dumps({"ts": now.isoformat(), "metrics": {"speed_mps": 150.0}}).encode()
+            t_pub = time.time()
+            await probe.publish(f"vigil/v1/elevator/{dev}/telemetry", payload)
+            deadline = time.time() + 10
+            hit = None
+            while time.time() < deadline and hit is None:
+                for t_recv, body in received[before:]:
+                    if dev in json.dumps(body, ensure_ascii=False):
+                        hit = t_recv
+                        break
+                await asyncio.sleep(0.002)
+            if hit is not None:
+                lat.append((hit - t_pub) * 1000)
+            await asyncio.sleep(0.05)
+    _, rss = proc_sample(pid)
+    for _ in range(args.publishers):
+        await asyncio.to_thread(out.get, True, 300)
+    if lat:
+        print(f"  publish -> notification received over HTTP (Apprise json://): n={len(lat)} "
+              f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
+    print(f"  probes without a notification within 10 s: {len(probe_ids) - len(lat)}; platform RSS {rss / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

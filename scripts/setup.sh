@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what Vigil needs on Debian 12 (Python 3.11): system packages and a virtualenv in .venv.
+# Usage: scripts/setup.sh [--test]   (--test adds the browser and the test tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+packages=(python3 python3-venv python3-pip mosquitto mosquitto-clients influxdb victoria-metrics)
+if [ "$want_test" -eq 1 ]; then packages+=(chromium); fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+extras=""
+if [ "$want_test" -eq 1 ]; then extras="[test]"; fi
+echo "setup: installing Vigil and its Python packages into .venv"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".${extras}"
+echo "setup: done"

@@ -1,0 +1,291 @@
+"""``vigil demo``: the whole system on one machine with simulated devices.
+
+Starts a private Mosquitto configured from a generated registry (or, where Mosquitto is not
+installed, an embedded amqtt broker with a warning), a private InfluxDB 1.x when Debian's
+``influxdb`` is installed (else the embedded SQLite store), a local notification receiver that
+Apprise delivers to over HTTP (``json://``), the platform stages (rules, alerting, storage and
+the console when present), and fleets of simulated devices with injected faults. It prints
+where to look, then runs until ``--for`` elapses or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port, mosquitto_binary
+from broker.registry import Device, DeviceRegistry, ServiceAccount, Site
+from vigil.config import MqttSettings, VigilConfig
+from vigil.runtime import Platform, build_platform, install_signal_handlers, run_platform
+
+log = logging.getLogger("vigil.demo")
+
+DEMO_SITES = [
+    Site(id="cuiyuan-3", name="翠苑三区3幢", industry="elevator", unit="市场监管局", lat=30.2905, lon=120.1170),
+    Site(id="xixi-tower", name="西溪华府1幢", industry="elevator", unit="市场监管局", lat=30.2770, lon=120.0850),
+    Site(id="binjiang-7", name="滨江公寓7幢", industry="elevator", unit="市场监管局", lat=30.2080, lon=120.2120),
+]
+
+
+@dataclass
+class DemoOptions:
+    """What ``vigil demo`` was asked for."""
+
+    duration: float | None = None
+    state_dir: Path = Path("var/demo")
+    elevators: int = 12
+    console_port: int = 8080
+    broker_port: int | None = None
+    quiet: bool = False
+    out: Any = field(default=sys.stdout)
+
+
+@dataclass
+class NotificationSink:
+    """A local HTTP endpoint standing in for a phone: Apprise ``json://`` posts land here."""
+
+    log_path: Path
+    echo: bool = True
+    out: Any = field(default=sys.stdout)
+    received: list[dict[str, Any]] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/{channel}", self._on_post)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _on_post(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return web.Response(status=400, text="expected JSON")
+        entry = {"at": time.time(), "channel": request.match_info["channel"], **body}
+        self.received.append(entry)
+        with self.log_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        if self.echo:
+            title = str(body.get("title", "")).strip()
+            text = str(body.get("message", body.get("body", ""))).strip().splitlines()
+            print(f"  [通知 → {entry['channel']}] {title} | {text[0] if text else ''}", file=self.out, flush=True)
+        return web.Response(text="ok")
+
+    def url(self, channel: str) -> str:
+        return f"json://127.0.0.1:{self.port}/{channel}"
+
+
+def demo_registry(elevators: int, secrets_file: Path) -> tuple[DeviceRegistry, dict[str, str]]:
+    """Sites, simulated elevators and service accounts, with passwords kept across demo runs."""
+    stored: dict[str, str] = {}
+    if secrets_file.exists():
+        stored = json.loads(secrets_file.read_text(encoding="utf-8"))
+    names = ["vigil-platform", "vigil-simulator", "control-room"]
+    for name in names:
+        stored.setdefault(name, secrets.token_urlsafe(12))
+    secrets_file.write_text(json.dumps(stored, indent=2), encoding="utf-8")
+    secrets_file.chmod(0o600)
+    services = [
+        ServiceAccount(name="vigil-platform", role="platform", password=stored["vigil-platform"]),
+        ServiceAccount(name="vigil-simulator", role="gateway", password=stored["vigil-simulator"]),
+        ServiceAccount(name="control-room", role="observer", password=stored["control-room"]),
+    ]
+    devices = []
+    for i in range(elevators):
+        site = DEMO_SITES[i % len(DEMO_SITES)]
+        devices.append(Device(
+            id=f"elev-{i + 1:04d}", kind="elevator", site=site.id,  # type: ignore[arg-type]
+            name=f"{site.name} {i // len(DEMO_SITES) + 1}号梯",
+            attributes={"rated_speed_mps": 1.75, "floors": 18, "floor_height_m": 3.0},
+        ))
+    return DeviceRegistry.build(DEMO_SITES, devices, services, "<demo>"), stored
+
+
+class DemoBroker:
+    """Mosquitto from the registry, or amqtt when Mosquitto is not installed."""
+
+    def __init__(self, data_dir: Path, registry: DeviceRegistry, port: int | None) -> None:
+        self.port = port or free_port()
+        self.data_dir = data_dir
+        self.registry = registry
+        self.mosquitto: MosquittoProcess | None = None
+        self.embedded: Any = None
+        self.secured = True
+
+    async def start(self) -> None:
+        if mosquitto_binary() is not None:
+            self.mosquitto = MosquittoProcess(BrokerLayout(data_dir=self.data_dir, port=self.port), self.registry)
+            await asyncio.to_thread(self.mosquitto.start)
+            return
+        log.warning("mosquitto is not installed: falling back to the embedded amqtt broker WITHOUT "
+                    "per-device credentials or ACLs; deployments and tests use Mosquitto "
+                    "(apt-get install mosquitto)")
+        print("WARNING: Mosquitto not found; using the embedded amqtt broker (no ACLs, anonymous access)",
+              file=sys.stderr)
+        from amqtt.broker import Broker
+
+        self.secured = False
+        self.embedded = Broker({
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        })
+        await self.embedded.start()
+
+    async def stop(self) -> None:
+        if self.mosquitto is not None:
+            await asyncio.to_thread(self.mosquitto.stop)
+        if self.embedded is not None:
+            await self.embedded.shutdown()
+
+
+async def run_demo(opts: DemoOptions) -> int:
+    """Run the demo; returns the process exit code."""
+    out = opts.out
+    state = opts.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    registry, passwords = demo_registry(opts.elevators, state / "demo-secrets.json")
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+
+    async with contextlib.AsyncExitStack() as stack:
+        broker = DemoBroker(state / "mosquitto", registry, opts.broker_port)
+        await broker.start()
+        stack.push_async_callback(broker.stop)
+
+        def url(user: str) -> str:
+            if not broker.secured:
+                return f"mqtt://127.0.0.1:{broker.port}"
+            return f"mqtt://{user}:{passwords[user]}@127.0.0.1:{broker.port}"
+
+        storage_cfg: dict[str, Any] = {"backend": "sqlite"}
+        influx_note = "embedded SQLite store (install Debian's influxdb for InfluxDB)"
+        if shutil.which("influxd"):
+            from storage.localservers import InfluxdProcess
+
+            influx = InfluxdProcess(state / "influxdb")
+            await asyncio.to_thread(influx.start)
+            stack.callback(influx.stop)
+            storage_cfg = {"backend": "influxdb-v1", "influxdb_v1": {"url": influx.url, "database": "vigil"}}
+            influx_note = (f"{influx.url} database vigil — e.g. curl -G {influx.url}/query --data-urlencode "
+                           f"db=vigil --data-urlencode 'q=SELECT * FROM alerts ORDER BY time DESC LIMIT 5'")
+
+        sink = NotificationSink(state / "notifications.log", echo=not opts.quiet, out=out)
+        await sink.start()
+        stack.push_async_callback(sink.stop)
+
+        config = demo_config(state, url("vigil-platform"), storage_cfg, sink, opts)
+        platform = build_platform(config, registry)
+        platform_task = asyncio.create_task(run_platform(platform, stop), name="platform")
+
+        sims = await start_simulators(url("vigil-simulator"), registry, stop)
+
+        print(banner(url("control-room"), sink, influx_note, opts, platform), file=out, flush=True)
+        started = time.monotonic()
+        try:
+            if opts.duration is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), opts.duration)
+            else:
+                await stop.wait()
+        finally:
+            stop.set()
+            for task in sims:
+                task.cancel()
+            await asyncio.gather(*sims, return_exceptions=True)
+            await platform_task
+        print(summary(platform, sink, time.monotonic() - started), file=out, flush=True)
+    return 0
+
+
+def demo_config(state: Path, mqtt_url: str, storage_cfg: dict[str, Any], sink: NotificationSink,
+                opts: DemoOptions) -> VigilConfig:
+    """The platform configuration the demo runs with."""
+    from vigil.runtime import STAGES
+
+    services = ["rules", "alerting", "storage"]
+    raw: dict[str, Any] = {
+        "node": "demo",
+        "state_dir": str(state / "state"),
+        "services": services,
+        "storage": storage_cfg,
+        "alerting": demo_alerting(sink),
+    }
+    if "console" in STAGES and _importable("console.service"):
+        services.append("console")
+        raw["console"] = {"listen": f"127.0.0.1:{opts.console_port}"}
+    cfg = msgspec.convert(raw, VigilConfig)
+    return msgspec.structs.replace(cfg, mqtt=MqttSettings(url=mqtt_url, client_id="vigil-demo"))
+
+
+def demo_alerting(sink: NotificationSink) -> dict[str, Any]:
+    """Duty roster and routes for the demo: every alert reaches the operator on duty's phone."""
+    return {
+        "people": [
+            {"id": "op-wang", "name": "王芳", "channels": [sink.url("op-wang")], "roles": ["operator"],
+             "unit": "市场监管局"},
+            {"id": "lead-li", "name": "李强", "channels": [sink.url("lead-li")], "roles": ["shift_lead"],
+             "unit": "市场监管局"},
+        ],
+    }
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+async def start_simulators(url: str, registry: DeviceRegistry, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+    """Start the simulated fleets; each runs until cancelled."""
+    from simulators.elevator import run_demo_fleet
+
+    elevator_ids = [d.id for d in registry.devices.values() if d.kind == "elevator"]
+    return [asyncio.create_task(run_demo_fleet(url, elevator_ids), name="sim-elevators")]
+
+
+def banner(observer_url: str, sink: NotificationSink, influx_note: str, opts: DemoOptions,
+           platform: Platform) -> str:
+    """What the demo prints once it runs: where to look."""
+    lines = [
+        "",
+        "Vigil demo is running" + (f" for {opts.duration:.0f} s" if opts.duration else " (Ctrl-C to stop)"),
+        f"  broker (control-room, read-only): {observer_url}",
+        f"    follow alerts:   mosquitto_sub -L '{observer_url}/vigil/v1/alerts/#' -v",
+        f"  notifications:     {sink.log_path} (also printed below)",
+        f"  storage:           {influx_note}",
+    ]
+    if "console" in platform.stages:
+        lines.append(f"  console:           http://127.0.0.1:{opts.console_port}/  (login: admin / see {opts.state_dir}"
+                     "/demo-secrets.json)")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def summary(platform: Platform, sink: NotificationSink, elapsed: float) -> str:
+    """A closing summary of what the demo did."""
+    stats = platform.stats()
+    return (f"\nVigil demo stopped after {elapsed:.0f} s: {stats['ingest']['accepted']} device messages accepted, "
+            f"{sum(stats['ingest']['rejected'].values())} refused, {len(sink.received)} notifications delivered.\n"
+            f"stage counters: {json.dumps({k: v for k, v in stats.items() if k not in ('mqtt', 'ingest')}, default=str)}")
