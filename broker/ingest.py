@@ -15,19 +15,22 @@ from collections.abc import Callable
 
 from broker.contracts import (
     MAX_PAYLOAD_BYTES,
+    TOPIC_ROOT,
     Channel,
     DeviceMessage,
     Rejected,
     RejectReason,
     dead_letter_topic,
     decode_device_message,
-    device_filter,
     encode,
     make_dead_letter,
 )
 from broker.mqtt import Message, MqttClient
 
 log = logging.getLogger(__name__)
+
+DEVICE_LEVEL_FILTER = f"{TOPIC_ROOT}/+/+/+"
+_PLATFORM_PREFIXES = tuple(f"{TOPIC_ROOT}/{p}/" for p in ("transitions", "alerts", "deadletter", "gateways"))
 
 DeviceConsumer = Callable[[list[DeviceMessage]], None]
 
@@ -48,16 +51,21 @@ class DeviceIngest:
 
     def add_consumer(self, channels: set[Channel], consumer: DeviceConsumer) -> None:
         """Deliver validated messages of these channels to ``consumer`` in batches."""
+        if not self._consumers:
+            # One filter for every five-level topic, so that messages on a wrong channel or of
+            # an unknown kind are seen and dead-lettered rather than silently never delivered.
+            self.mqtt.subscribe(DEVICE_LEVEL_FILTER, self.on_batch)
         for ch in channels:
-            first = ch not in self._consumers
             self._consumers.setdefault(ch, []).append(consumer)
-            if first:
-                self.mqtt.subscribe(device_filter(ch), self.on_batch)
 
     def on_batch(self, batch: list[Message]) -> None:
         """MQTT handler: validate, dead-letter the bad ones, hand the good ones on."""
         good: dict[Channel, list[DeviceMessage]] = {}
         for msg in batch:
+            topic = msg.topic
+            # Platform topics of the same depth (transitions) and commands to devices are not input.
+            if topic.startswith(_PLATFORM_PREFIXES) or topic.endswith("/command"):
+                continue
             try:
                 dm = decode_device_message(msg.topic, msg.payload, self.max_payload, msg.received_at)
                 if self.known_device is not None and not self.known_device(dm.device_id):

@@ -71,7 +71,8 @@ class Platform:
         """Counters of the client, the ingest and every stage."""
         out: dict[str, Any] = {
             "mqtt": dict(self.mqtt.counters),
-            "ingest": {"accepted": self.ingest.accepted, "rejected": {k.value: v for k, v in self.ingest.rejected.items()}},
+            "ingest": {"accepted": self.ingest.accepted,
+                       "rejected": {k.value: v for k, v in self.ingest.rejected.items()}},
         }
         for name, stage in self.stages.items():
             out[name] = stage.stats()
@@ -86,10 +87,13 @@ def build_platform(config: VigilConfig, registry: DeviceRegistry, *, extra: dict
     mqtt = MqttClient(config.mqtt.url, client_id, ca_file=config.mqtt.ca_file, max_pending=config.mqtt.max_pending)
     ingest = DeviceIngest(mqtt, stage=config.node)
     stages: dict[str, Stage] = {}
-    for name in config.services:
+    for name in sorted(config.services, key=lambda n: n == "console"):  # console needs its peers
         spec = STAGES[name]
         cls = getattr(importlib.import_module(spec.module), spec.cls)
         kwargs: dict[str, Any] = {"mqtt": mqtt, "ingest": ingest, "registry": registry, "state_dir": state / name}
+        if name == "console":
+            # The console works on the alerting stage of its own process (see docs/console.md).
+            kwargs["peers"] = dict(stages)
         if extra and name in extra:
             kwargs.update(extra[name])
         (state / name).mkdir(parents=True, exist_ok=True)

@@ -226,7 +226,11 @@ async def test_bad_input_is_dead_lettered_and_the_platform_keeps_working(stack: 
     def reasons() -> set[str]:
         return {decode_dead_letter(m.payload).reason.value for m in stack.dead_letters}
 
-    await wait_for(lambda: expected <= reasons(), 15, f"dead letters for {expected}")
+    try:
+        await wait_for(lambda: expected <= reasons(), 15, f"dead letters for {expected}")
+    except AssertionError:
+        raise AssertionError(f"dead letters seen: {sorted(reasons())}; ingest counted "
+                             f"{dict(stack.platform.ingest.rejected)}") from None
     letters = [decode_dead_letter(m.payload) for m in stack.dead_letters]
     big = next(d for d in letters if d.reason == "too_large")
     assert big.size > 70_000 and big.truncated
