@@ -173,7 +173,9 @@ class MqttClient:
             client.tls_set_context(ctx)
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, self._will.qos, self._will.retain)
-        client.max_inflight_messages_set(min(self._max_pending, 65535))
+        # paho walks its whole in-flight list on every PUBACK when it enforces its own limit (~95 µs at
+        # 1,000 in flight); max_pending already bounds what is in flight, so turn paho's off.
+        client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -175,6 +175,15 @@ def _add_optional_groups(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vigil`` program."""
+    from vigil.plugins import run_delegated
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        delegated = run_delegated(argv)
+    except KeyboardInterrupt:
+        return 130
+    if delegated is not None:
+        return delegated
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

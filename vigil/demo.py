@@ -99,7 +99,7 @@ def demo_registry(elevators: int, secrets_file: Path) -> tuple[DeviceRegistry, d
     stored: dict[str, str] = {}
     if secrets_file.exists():
         stored = json.loads(secrets_file.read_text(encoding="utf-8"))
-    names = ["vigil-platform", "vigil-simulator", "control-room"]
+    names = ["vigil-platform", "vigil-simulator", "control-room", "console-admin", "console-operator"]
     for name in names:
         stored.setdefault(name, secrets.token_urlsafe(12))
     secrets_file.write_text(json.dumps(stored, indent=2), encoding="utf-8")
@@ -113,7 +113,7 @@ def demo_registry(elevators: int, secrets_file: Path) -> tuple[DeviceRegistry, d
     for i in range(elevators):
         site = DEMO_SITES[i % len(DEMO_SITES)]
         devices.append(Device(
-            id=f"elev-{i + 1:04d}", kind="elevator", site=site.id,  # type: ignore[arg-type]
+            id=f"elev-{i + 1:05d}", kind="elevator", site=site.id,  # type: ignore[arg-type]
             name=f"{site.name} {i // len(DEMO_SITES) + 1}号梯",
             attributes={"rated_speed_mps": 1.75, "floors": 18, "floor_height_m": 3.0},
         ))
@@ -192,7 +192,7 @@ async def run_demo(opts: DemoOptions) -> int:
         await sink.start()
         stack.push_async_callback(sink.stop)
 
-        config = demo_config(state, url("vigil-platform"), storage_cfg, sink, opts)
+        config = demo_config(state, url("vigil-platform"), storage_cfg, sink, opts, passwords)
         platform = build_platform(config, registry)
         platform_task = asyncio.create_task(run_platform(platform, stop), name="platform")
 
@@ -217,7 +217,7 @@ async def run_demo(opts: DemoOptions) -> int:
 
 
 def demo_config(state: Path, mqtt_url: str, storage_cfg: dict[str, Any], sink: NotificationSink,
-                opts: DemoOptions) -> VigilConfig:
+                opts: DemoOptions, passwords: dict[str, str]) -> VigilConfig:
     """The platform configuration the demo runs with."""
     from vigil.runtime import STAGES
 
@@ -227,7 +227,7 @@ def demo_config(state: Path, mqtt_url: str, storage_cfg: dict[str, Any], sink: N
         "state_dir": str(state / "state"),
         "services": services,
         "storage": storage_cfg,
-        "alerting": demo_alerting(sink),
+        "alerting": demo_alerting(sink, passwords),
     }
     if "console" in STAGES and _importable("console.service"):
         services.append("console")
@@ -236,15 +236,23 @@ def demo_config(state: Path, mqtt_url: str, storage_cfg: dict[str, Any], sink: N
     return msgspec.structs.replace(cfg, mqtt=MqttSettings(url=mqtt_url, client_id="vigil-demo"))
 
 
-def demo_alerting(sink: NotificationSink) -> dict[str, Any]:
+def demo_alerting(sink: NotificationSink, passwords: dict[str, str]) -> dict[str, Any]:
     """Duty roster and routes for the demo: every alert reaches the operator on duty's phone."""
+    people = [("op-wang", "王芳", "operator"), ("lead-li", "李强", "shift_lead"),
+              ("chief-zhao", "赵敏", "duty_chief"), ("head-chen", "陈刚", "unit_head")]
     return {
-        "people": [
-            {"id": "op-wang", "name": "王芳", "channels": [sink.url("op-wang")], "roles": ["operator"],
-             "unit": "市场监管局"},
-            {"id": "lead-li", "name": "李强", "channels": [sink.url("lead-li")], "roles": ["shift_lead"],
-             "unit": "市场监管局"},
-        ],
+        "receivers": [{"name": "duty-room", "urls": [sink.url("duty-room")]}],
+        "people": [{"id": pid, "name": name, "channels": [sink.url(pid)], "roles": [role]}
+                   for pid, name, role in people],
+        "route": {
+            "name": "root", "receivers": ["duty-room"], "escalation": "standard",
+            "group_by": ["rule", "site"], "group_wait_s": 0.0, "group_interval_s": 30.0,
+            "repeat_interval_s": 4 * 3600.0, "send_resolved": True,
+            "routes": [{"name": "critical", "matchers": ["severity=critical"], "escalation": "135",
+                        "repeat_interval_s": 600.0}],
+        },
+        "users": [{"name": "admin", "role": "admin", "token": passwords["console-admin"]},
+                  {"name": "wang", "role": "operator", "token": passwords["console-operator"]}],
     }
 
 
@@ -259,10 +267,19 @@ def _importable(module: str) -> bool:
 
 async def start_simulators(url: str, registry: DeviceRegistry, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
     """Start the simulated fleets; each runs until cancelled."""
-    from simulators.elevator import run_demo_fleet
+    elevators = [d for d in registry.devices.values() if d.kind == "elevator"]
+    return [asyncio.create_task(elevator_cycles(url, len(elevators)), name="sim-elevators")]
 
-    elevator_ids = [d.id for d in registry.devices.values() if d.kind == "elevator"]
-    return [asyncio.create_task(run_demo_fleet(url, elevator_ids), name="sim-elevators")]
+
+async def elevator_cycles(url: str, count: int, cycle_s: float = 120.0) -> None:
+    """Simulated elevators in cycles of ``cycle_s``, each cycle with a fresh set of injected faults."""
+    from simulators.elevator_fleet import run_fleet
+
+    cycle = 0
+    while True:
+        await run_fleet(url, count, 1.0, cycle_s, fault_fraction=0.5, seed=cycle, detect=True,
+                        id_prefix="elev-", connections=1)
+        cycle += 1
 
 
 def banner(observer_url: str, sink: NotificationSink, influx_note: str, opts: DemoOptions,

@@ -11,10 +11,18 @@ import importlib
 from typing import Any
 
 EDGE_AGENTS: dict[str, tuple[str, str]] = {
-    "hj212": ("edge.hj212.gateway", "HJ 212 gateway: TCP server for emission data loggers"),
+    "hj212": ("edge.hj212.__main__", "HJ 212 gateway: TCP server for emission data loggers"),
     "jt808": ("edge.jt808.gateway", "JT/T 808 gateway: TCP server for vehicle terminals"),
-    "elevator": ("edge.elevator.agent", "elevator monitor: a monitoring box's signals to events"),
+    "elevator": ("edge.elevator.cli", "elevator monitor: a monitoring box's signals to events"),
     "camera": ("edge.camera_agent", "camera agent: OpenCV analytics with evidence snapshots"),
+}
+
+
+SIMULATORS: dict[str, tuple[str, str]] = {
+    "elevator-fleet": ("simulators.elevator_fleet", "simulated elevators publishing over MQTT, with faults"),
+    "hj212": ("simulators.hj212_logger", "simulated HJ 212 data loggers (TCP clients of the gateway)"),
+    "jt808": ("simulators.jt808_terminal", "simulated JT/T 808 vehicle terminals (TCP clients of the gateway)"),
+    "camera-scenes": ("simulators.camera_scenes", "render synthetic camera scenes with ground truth"),
 }
 
 
@@ -25,17 +33,34 @@ def add_rules_commands(sub: Any) -> None:
     rules_cli.add_arguments(sub)
 
 
-def _run_edge(args: argparse.Namespace) -> int:
-    module = importlib.import_module(EDGE_AGENTS[args.agent][0])
-    return int(module.main(args.agent_args) or 0)
+def _delegate(table: dict[str, tuple[str, str]]) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        module = importlib.import_module(table[args.program][0])
+        return int(module.main(args.program_args) or 0)
+
+    return run
+
+
+def _add_group(sub: Any, name: str, help_text: str, table: dict[str, tuple[str, str]]) -> None:
+    group = sub.add_parser(name, help=help_text)
+    group_sub = group.add_subparsers(dest="program", required=True)
+    for prog, (_module, prog_help) in table.items():
+        p = group_sub.add_parser(prog, help=prog_help, add_help=False,
+                                 description=f"{prog_help}. Arguments are the program's own: `vigil {name} {prog} --help`.")
+        p.add_argument("program_args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(table))
 
 
 def add_edge_commands(sub: Any) -> None:
-    """``vigil edge hj212|jt808|elevator|camera ARGS...``."""
-    edge = sub.add_parser("edge", help="edge gateways and agents")
-    edge_sub = edge.add_subparsers(dest="agent", required=True)
-    for name, (_module, help_text) in EDGE_AGENTS.items():
-        p = edge_sub.add_parser(name, help=help_text, add_help=False,
-                                description=f"{help_text}. Arguments are the agent's own; see `vigil edge {name} --help`.")
-        p.add_argument("agent_args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_run_edge)
+    """``vigil edge hj212|jt808|elevator|camera ARGS...`` and ``vigil sim ...``."""
+    _add_group(sub, "edge", "edge gateways and agents", EDGE_AGENTS)
+    _add_group(sub, "sim", "device simulators", SIMULATORS)
+
+
+def run_delegated(argv: list[str]) -> int | None:
+    """Run ``vigil edge NAME ...`` / ``vigil sim NAME ...`` directly (argparse cannot pass leading options on)."""
+    tables = {"edge": EDGE_AGENTS, "sim": SIMULATORS}
+    if len(argv) >= 2 and argv[0] in tables and argv[1] in tables[argv[0]]:
+        module = importlib.import_module(tables[argv[0]][argv[1]][0])
+        return int(module.main(argv[2:]) or 0)
+    return None
