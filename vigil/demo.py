@@ -48,6 +48,7 @@ class DemoOptions:
     elevators: int = 12
     console_port: int = 8080
     broker_port: int | None = None
+    api_port: int = field(default_factory=free_port)
     quiet: bool = False
     out: Any = field(default=sys.stdout)
 
@@ -227,7 +228,7 @@ def demo_config(state: Path, mqtt_url: str, storage_cfg: dict[str, Any], sink: N
         "state_dir": str(state / "state"),
         "services": services,
         "storage": storage_cfg,
-        "alerting": demo_alerting(sink, passwords),
+        "alerting": demo_alerting(sink, passwords, opts.api_port),
     }
     if "console" in STAGES and _importable("console.service"):
         services.append("console")
@@ -236,7 +237,7 @@ def demo_config(state: Path, mqtt_url: str, storage_cfg: dict[str, Any], sink: N
     return msgspec.structs.replace(cfg, mqtt=MqttSettings(url=mqtt_url, client_id="vigil-demo"))
 
 
-def demo_alerting(sink: NotificationSink, passwords: dict[str, str]) -> dict[str, Any]:
+def demo_alerting(sink: NotificationSink, passwords: dict[str, str], api_port: int) -> dict[str, Any]:
     """Duty roster and routes for the demo: every alert reaches the operator on duty's phone."""
     people = [("op-wang", "王芳", "operator"), ("lead-li", "李强", "shift_lead"),
               ("chief-zhao", "赵敏", "duty_chief"), ("head-chen", "陈刚", "unit_head")]
@@ -251,6 +252,7 @@ def demo_alerting(sink: NotificationSink, passwords: dict[str, str]) -> dict[str
             "routes": [{"name": "critical", "matchers": ["severity=critical"], "escalation": "135",
                         "repeat_interval_s": 600.0}],
         },
+        "api": {"host": "127.0.0.1", "port": api_port},
         "users": [{"name": "admin", "role": "admin", "token": passwords["console-admin"]},
                   {"name": "wang", "role": "operator", "token": passwords["console-operator"]}],
     }
@@ -293,6 +295,8 @@ def banner(observer_url: str, sink: NotificationSink, influx_note: str, opts: De
         f"  notifications:     {sink.log_path} (also printed below)",
         f"  storage:           {influx_note}",
     ]
+    lines.append(f"  alerting API:      http://127.0.0.1:{opts.api_port}/api/openapi.json  (bearer tokens in "
+                 f"{opts.state_dir}/demo-secrets.json)")
     if "console" in platform.stages:
         lines.append(f"  console:           http://127.0.0.1:{opts.console_port}/  (login: admin / see {opts.state_dir}"
                      "/demo-secrets.json)")

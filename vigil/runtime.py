@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,13 +105,30 @@ def build_platform(config: VigilConfig, registry: DeviceRegistry, *, extra: dict
     return Platform(config, registry, mqtt, ingest, stages)
 
 
+STATS_INTERVAL_S = 10.0
+
+
+async def write_stats_periodically(platform: Platform, path: Path, interval: float = STATS_INTERVAL_S) -> None:
+    """Keep ``stats.json`` in the node's state folder current, for operators and benchmarks."""
+    tmp = path.with_suffix(".tmp")
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            tmp.write_text(json.dumps({"ts": time.time(), **platform.stats()}, default=str, indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+
+
 async def run_platform(platform: Platform, stop: asyncio.Event,
                        on_started: Callable[[Platform], None] | None = None) -> None:
     """Connect, run every stage until ``stop`` is set, then shut down in order."""
     await platform.mqtt.start()
+    stats_path = Path(platform.config.state_dir) / platform.config.node / "stats.json"
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(stage.run(), name=f"stage-{name}") for name, stage in platform.stages.items()]
+            tasks.append(tg.create_task(write_stats_periodically(platform, stats_path), name="stats"))
             if on_started is not None:
                 on_started(platform)
             waiter = tg.create_task(stop.wait(), name="stop-waiter")

@@ -131,6 +131,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                 "people": [],
                 "escalation_policies": [],
                 "inhibit_rules": [],
+                "api": {"enabled": False},
                 "route": {"receivers": ["duty-phone"], "group_by": ["rule", "device_id"], "group_wait_s": 0,
                           "group_interval_s": 0, "repeat_interval_s": 3600, "send_resolved": True},
             },
