@@ -76,6 +76,8 @@ class BrokerAddress:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca_file: str | None = None
+    protocol: int = 5
+    """MQTT protocol level: 5, or 4 for MQTT 3.1.1 (``?protocol=3.1.1`` in the URL, for old brokers)."""
 
     @classmethod
     def parse(cls, url: str, ca_file: str | None = None) -> BrokerAddress:
@@ -96,7 +98,11 @@ class BrokerAddress:
             raise ValueError("MQTT URL has an invalid port") from None
         user = urllib.parse.unquote(parts.username) if parts.username else None
         password = urllib.parse.unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, port, user, password, tls, ca_file)
+        query = urllib.parse.parse_qs(parts.query)
+        level = query.get("protocol", ["5"])[-1]
+        if level not in ("5", "3.1.1"):
+            raise ValueError(f"MQTT URL protocol must be 5 or 3.1.1, got {level!r}")
+        return cls(parts.hostname, port, user, password, tls, ca_file, 5 if level == "5" else 4)
 
     def masked(self) -> str:
         """The address for logs: the password never appears."""
@@ -163,9 +169,15 @@ class MqttClient:
     # ------------------------------------------------------------------ setup
 
     def _make_client(self) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5, manual_ack=True,
-        )
+        if self.address.protocol == 5:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5, manual_ack=True,
+            )
+        else:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv311, manual_ack=True,
+                clean_session=self._clean_start,
+            )
         if self.address.username is not None:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
@@ -496,6 +508,9 @@ class MqttClient:
             await asyncio.sleep(0.1)
 
     def _connect_blocking(self) -> None:
+        if self.address.protocol != 5:
+            self._client.connect(self.address.host, self.address.port, keepalive=self._keepalive)
+            return
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0 if self._clean_start else self._session_expiry
         self._client.connect(

@@ -66,6 +66,17 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    import json
+
+    import msgspec
+
+    from vigil.config import VigilConfig
+
+    print(json.dumps(msgspec.json.schema(VigilConfig), indent=2, ensure_ascii=False))
+    return 0
+
+
 def _cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import time
@@ -155,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = cfg_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("config", metavar="FILE")
     check.set_defaults(func=_cmd_config_check)
+    schema = cfg_sub.add_parser("schema", help="print the JSON Schema of the configuration file")
+    schema.set_defaults(func=_cmd_config_schema)
 
     broker = sub.add_parser("broker", help="run Mosquitto configured from the device registry")
     broker.add_argument("--config", required=True, metavar="FILE")

@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from alerting.config import AlertingConfig
+from console.config import ConsoleConfig
 from rules.config import RulesConfig
 from storage.config import StorageConfig
 
@@ -64,6 +65,7 @@ class VigilConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rules: RulesConfig = RulesConfig()
     alerting: AlertingConfig = AlertingConfig()
     storage: StorageConfig = StorageConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -174,7 +174,7 @@ async def run_demo(opts: DemoOptions) -> int:
 
         def url(user: str) -> str:
             if not broker.secured:
-                return f"mqtt://127.0.0.1:{broker.port}"
+                return f"mqtt://127.0.0.1:{broker.port}?protocol=3.1.1"
             return f"mqtt://{user}:{passwords[user]}@127.0.0.1:{broker.port}"
 
         storage_cfg: dict[str, Any] = {"backend": "sqlite"}

@@ -1,0 +1,1 @@
+"""Vigil alerting: alert lifecycle, routing, grouping, muting, duty rosters, escalation, notifications."""

@@ -1,0 +1,252 @@
+"""What people do with alerts: acknowledge, assign, comment, close, change severity, silence, cover shifts.
+
+Every action is checked against the acting user's role, recorded in the audit trail, committed,
+and published on MQTT like any other state change. The HTTP API and an in-process console call
+these methods; they run in the event loop thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from alerting import lifecycle
+from alerting.config import UserRole
+from alerting.figures import handling_figures
+from alerting.grouping import ACKED, FIRING, RESOLVED
+from alerting.lifecycle import AlertRecord, AuditEvent, LifecycleError
+from alerting.matchers import MatcherError, parse_matchers
+from alerting.muting import SilenceEntry
+from alerting.roster import OverrideEntry
+from broker.contracts import AlertStatus, Severity
+
+if TYPE_CHECKING:
+    from alerting.service import AlertingService
+
+ROLE_RANK: dict[str, int] = {"operator": 0, "supervisor": 1, "admin": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who acts: a user name, a role, and for operators the unit they work for."""
+
+    name: str
+    role: UserRole
+    unit: str = ""
+
+    def at_least(self, role: str) -> bool:
+        """Whether this actor's role is ``role`` or higher."""
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+class DeskError(Exception):
+    """An action refused: ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class AlertDesk:
+    """The alert desk of one alerting service."""
+
+    def __init__(self, service: AlertingService) -> None:
+        self.svc = service
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, alert_id: str) -> AlertRecord:
+        """One alert (open ones from memory). Raises ``DeskError`` 404."""
+        rec = self.svc.open.get(alert_id) or self.svc.store.get_alert(alert_id)
+        if rec is None:
+            raise DeskError(404, "not_found", f"no alert {alert_id!r}")
+        return rec
+
+    def timeline(self, alert_id: str) -> list[AuditEvent]:
+        """An alert's audit trail, oldest first."""
+        self.get(alert_id)
+        return self.svc.store.events(alert_id)
+
+    def alerts(self, *, status: list[str] | None = None, since: float | None = None, until: float | None = None,
+             filters: dict[str, str] | None = None, limit: int = 200, offset: int = 0) -> list[AlertRecord]:
+        """Alerts filtered by status, start time and columns (kind, site, unit, industry, severity, device_id)."""
+        if status and all(s in ("firing", "acknowledged") for s in status) and since is None and until is None:
+            recs = [r for r in self.svc.open.values() if r.status.value in status]
+            for col, val in (filters or {}).items():
+                recs = [r for r in recs if _column(r, col) == val]
+            recs.sort(key=lambda r: r.starts_at, reverse=True)
+            return recs[offset:offset + limit]
+        return self.svc.store.query_alerts(status=status, since=since, until=until, filters=filters, limit=limit,
+                                           offset=offset)
+
+    def figures(self, since: float | None, until: float | None, filters: dict[str, str] | None = None,
+                ) -> dict[str, Any]:
+        """Handling figures for alerts that started in [since, until)."""
+        recs = self.svc.store.iter_alerts(since, until)
+        if filters:
+            recs = [r for r in recs if all(_column(r, c) == v for c, v in filters.items())]
+        out = handling_figures(recs, self.svc.clock())
+        out.update(since=since, until=until)
+        return out
+
+    # ------------------------------------------------------------------ alert actions
+
+    def _may_handle(self, actor: Actor, rec: AlertRecord) -> None:
+        if actor.at_least("supervisor") or not actor.unit:
+            return
+        if (rec.assigned_unit or rec.unit) not in ("", actor.unit):
+            raise DeskError(403, "forbidden", f"alert {rec.id} belongs to unit {rec.assigned_unit or rec.unit!r}")
+
+    def _apply(self, rec: AlertRecord, new: AlertRecord, event: AuditEvent) -> AlertRecord:
+        svc = self.svc
+        now = svc.clock()
+        svc._save(new, [event])
+        if new.status != rec.status:
+            status = {AlertStatus.FIRING: FIRING, AlertStatus.ACKNOWLEDGED: ACKED}.get(new.status, RESOLVED)
+            for plan in svc.router.routes_for(new.match_labels()):
+                svc.grouper.update(plan, new.match_labels(), new.id, status, now)
+            svc._flush_groups(now)
+        svc._commit()
+        return new
+
+    def _do(self, alert_id: str, actor: Actor, fn: Any, *args: Any) -> AlertRecord:
+        rec = self.get(alert_id)
+        self._may_handle(actor, rec)
+        try:
+            new, event = fn(rec, actor.name, self.svc.clock(), *args)
+        except LifecycleError as exc:
+            raise DeskError(409 if exc.code == "conflict" else 400, exc.code, str(exc)) from None
+        return self._apply(rec, new, event)
+
+    def acknowledge(self, alert_id: str, actor: Actor, note: str = "") -> AlertRecord:
+        """Acknowledge: the actor takes the alert and escalation stops."""
+        return self._do(alert_id, actor, lifecycle.acknowledge, note)
+
+    def assign(self, alert_id: str, actor: Actor, assignee: str | None, unit: str | None,
+               note: str = "") -> AlertRecord:
+        """Assign to a person and/or a unit."""
+        if assignee and assignee not in self.svc.roster.people and assignee != actor.name:
+            known_users = {u.name for u in self.svc.config.users}
+            if assignee not in known_users:
+                raise DeskError(400, "invalid", f"unknown person {assignee!r}")
+        return self._do(alert_id, actor, lifecycle.assign, assignee, unit, note)
+
+    def comment(self, alert_id: str, actor: Actor, text: str) -> AlertRecord:
+        """Add a comment."""
+        return self._do(alert_id, actor, lifecycle.comment, text)
+
+    def close(self, alert_id: str, actor: Actor, reason: str) -> AlertRecord:
+        """Close (resolve) with a reason."""
+        return self._do(alert_id, actor, lifecycle.close, reason)
+
+    def set_severity(self, alert_id: str, actor: Actor, severity: str, reason: str = "") -> AlertRecord:
+        """Change the severity (deadlines follow)."""
+        try:
+            sev = Severity(severity)
+        except ValueError:
+            raise DeskError(400, "invalid", f"unknown severity {severity!r}") from None
+        return self._do(alert_id, actor, lifecycle.change_severity, sev, reason, self.svc.config.deadlines)
+
+    # ------------------------------------------------------------------ silences
+
+    def silences(self) -> list[SilenceEntry]:
+        """Every silence in force or scheduled."""
+        return sorted(self.svc.silences.entries.values(), key=lambda s: s.starts_at)
+
+    def create_silence(self, actor: Actor, matchers: list[str], ends_at: float, starts_at: float | None = None,
+                       comment: str = "", silence_id: str | None = None) -> SilenceEntry:
+        """Create (or, with ``silence_id``, replace) a silence.
+
+        Operators may only silence alerts of their own unit (a ``unit=<their unit>`` matcher is required)
+        and only change their own silences.
+        """
+        now = self.svc.clock()
+        try:
+            parsed = parse_matchers(matchers)
+        except MatcherError as exc:
+            raise DeskError(400, "invalid", str(exc)) from None
+        if not parsed:
+            raise DeskError(400, "invalid", "a silence needs at least one matcher")
+        start = now if starts_at is None else starts_at
+        if ends_at <= start:
+            raise DeskError(400, "invalid", "ends_at must be after starts_at")
+        own_unit = any(m.name == "unit" and m.op == "=" and m.value == actor.unit and actor.unit for m in parsed)
+        if not actor.at_least("supervisor") and not own_unit:
+            raise DeskError(403, "forbidden", "operators may only silence their own unit (add unit=<unit>)")
+        if silence_id is not None:
+            old = self.svc.silences.entries.get(silence_id)
+            if old is None:
+                raise DeskError(404, "not_found", f"no silence {silence_id!r}")
+            if not actor.at_least("supervisor") and old.author != actor.name:
+                raise DeskError(403, "forbidden", "operators may only change their own silences")
+        entry = SilenceEntry(id=silence_id or f"s{os.urandom(6).hex()}", matchers=[str(m) for m in parsed],
+                             starts_at=start, ends_at=ends_at, author=actor.name, comment=comment[:1000],
+                             created_at=now)
+        self.svc.silences.put(entry)
+        self.svc.store.kv_put("silence", entry.id, msgspec.json.encode(entry).decode())
+        self.svc._commit()
+        return entry
+
+    def delete_silence(self, actor: Actor, silence_id: str) -> None:
+        """Expire a silence now."""
+        old = self.svc.silences.entries.get(silence_id)
+        if old is None:
+            raise DeskError(404, "not_found", f"no silence {silence_id!r}")
+        if not actor.at_least("supervisor") and old.author != actor.name:
+            raise DeskError(403, "forbidden", "operators may only delete their own silences")
+        self.svc.silences.remove(silence_id)
+        self.svc.store.kv_delete("silence", silence_id)
+        self.svc._commit()
+
+    # ------------------------------------------------------------------ duty
+
+    def on_duty(self, at: float | None = None, unit: str | None = None, role: str | None = None,
+                ) -> list[dict[str, Any]]:
+        """Who is on duty at a time (now by default) for a unit and role."""
+        when = self.svc.clock() if at is None else at
+        out = []
+        for s in self.svc.roster.on_duty(when, unit=unit, role=role):
+            p = self.svc.roster.people.get(s.person)
+            out.append({"roster": s.roster, "role": s.role, "unit": s.unit, "person": s.person,
+                        "name": p.name if p else s.person, "starts_at": s.starts_at, "ends_at": s.ends_at,
+                        "override": s.override})
+        return out
+
+    def add_override(self, actor: Actor, roster: str, person: str, starts_at: float, ends_at: float,
+                     reason: str = "") -> OverrideEntry:
+        """Someone covers a roster for a period (supervisors and admins only)."""
+        if not actor.at_least("supervisor"):
+            raise DeskError(403, "forbidden", "operators cannot change rosters")
+        if roster not in self.svc.roster.rosters:
+            raise DeskError(400, "invalid", f"unknown roster {roster!r}")
+        if person not in self.svc.roster.people:
+            raise DeskError(400, "invalid", f"unknown person {person!r}")
+        if ends_at <= starts_at:
+            raise DeskError(400, "invalid", "ends_at must be after starts_at")
+        o = OverrideEntry(id=f"o{os.urandom(6).hex()}", roster=roster, person=person, starts_at=starts_at,
+                          ends_at=ends_at, reason=reason[:500], author=actor.name, created_at=self.svc.clock())
+        self.svc.roster.overrides[o.id] = o
+        self.svc.store.kv_put("override", o.id, msgspec.json.encode(o).decode())
+        self.svc._commit()
+        return o
+
+    def delete_override(self, actor: Actor, override_id: str) -> None:
+        """Remove an override (supervisors and admins only)."""
+        if not actor.at_least("supervisor"):
+            raise DeskError(403, "forbidden", "operators cannot change rosters")
+        if self.svc.roster.overrides.pop(override_id, None) is None:
+            raise DeskError(404, "not_found", f"no override {override_id!r}")
+        self.svc.store.kv_delete("override", override_id)
+        self.svc._commit()
+
+
+def _column(rec: AlertRecord, col: str) -> str:
+    if col == "unit":
+        return rec.assigned_unit or rec.unit
+    if col in ("severity", "status", "kind"):
+        return str(getattr(rec, col).value)
+    return str(getattr(rec, col, "") or "")

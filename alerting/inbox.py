@@ -1,0 +1,91 @@
+"""A small HTTP endpoint that accepts Apprise ``json://`` notifications and keeps them.
+
+The demo points its default receiver here so notifications are visible without a phone, and the
+integration tests use it as a real delivery target. Not for production use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+_TINY_JPEG = bytes.fromhex("ffd8ffe000104a46494600010100000100010000ffdb004300") + bytes(64) + bytes.fromhex("ffd9")
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One notification as posted by Apprise."""
+
+    path: str
+    title: str
+    body: str
+    type: str
+    received_at: float
+    attachments: int
+
+
+@dataclass
+class NotificationInbox:
+    """Listens on ``host:port`` and records every POST; ``fail_paths`` answer 500 (failover tests)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    fail_paths: set[str] = field(default_factory=set)
+    received: list[Received] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.path in self.fail_paths:
+            return web.Response(status=500, text="failing on purpose")
+        try:
+            data: dict[str, Any] = await request.json()
+        except ValueError:
+            return web.Response(status=400, text="not json")
+        self.received.append(Received(
+            path=request.path, title=str(data.get("title", "")), body=str(data.get("message", "")),
+            type=str(data.get("type", "")), received_at=time.time(), attachments=len(data.get("attachments") or []),
+        ))
+        self._event.set()
+        return web.Response(text="ok")
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        # A stand-in camera snapshot so attachments can be exercised without a camera.
+        return web.Response(body=_TINY_JPEG, content_type="image/jpeg")
+
+    async def start(self) -> NotificationInbox:
+        """Start listening; ``port`` is set to the bound port."""
+        app = web.Application()
+        app.router.add_route("POST", "/{tail:.*}", self._handle)
+        app.router.add_get("/snapshots/{name}", self._snapshot)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self._runner.addresses:
+            self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def url(self, path: str = "/notify") -> str:
+        """The Apprise URL that posts here."""
+        return f"json://{self.host}:{self.port}{path}"
+
+    async def wait_for(self, count: int, timeout: float = 5.0, path: str | None = None) -> list[Received]:
+        """Wait until at least ``count`` notifications (on ``path``, if given) arrived."""
+        async with asyncio.timeout(timeout):
+            while True:
+                got = [r for r in self.received if path is None or r.path == path]
+                if len(got) >= count:
+                    return got
+                self._event.clear()
+                await self._event.wait()

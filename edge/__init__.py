@@ -1,0 +1,1 @@
+"""Vigil edge gateways: field protocols in, contract telemetry out."""

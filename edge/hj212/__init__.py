@@ -1,0 +1,1 @@
+"""HJ 212 data-logger gateway: codec, code tables and the TCP server."""

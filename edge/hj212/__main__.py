@@ -1,0 +1,224 @@
+"""``vigil edge hj212`` / ``python -m edge.hj212``: configuration, wiring and the CLI entry point.
+
+Wire into ``vigil``: ``add_arguments(subparser)`` then ``run(config_from_args(args))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import yaml
+
+from broker.contracts import Kind
+from edge.hj212.codec import MAX_DATA_LENGTH
+from edge.hj212.gateway import (
+    Hj212Counters,
+    Hj212Gateway,
+    ServerLimits,
+    SessionPolicy,
+    dead_letter_publisher,
+)
+
+if TYPE_CHECKING:
+    from broker.registry import DeviceRegistry
+
+log = logging.getLogger("edge.hj212")
+
+
+class Hj212GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Settings of ``vigil edge hj212`` (YAML file keys and CLI options have the same names)."""
+
+    listen: str = "0.0.0.0:6000"
+    mqtt: str = "mqtt://127.0.0.1:1883"
+    client_id: str = "vigil-edge-hj212"
+    registry: str | None = None
+    """Device registry YAML (``broker.registry``); loggers are checked by MN and PW against it."""
+    accept_unknown_devices: bool = False
+    max_data_length: int = MAX_DATA_LENGTH
+    split_timeout_s: float = 120.0
+    idle_timeout_s: float = 600.0
+    max_connections: int = 20000
+    timezone: str = "Asia/Shanghai"
+    dead_letter: bool = True
+    publish_status: bool = True
+    stats_interval_s: float = 60.0
+
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` split into host and port.
+
+        Raises:
+            ValueError: not ``HOST:PORT``.
+        """
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen: {self.listen!r} is not HOST:PORT")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ConfigError(ValueError):
+    """Invalid gateway configuration; the message names the file and the key."""
+
+
+def load_config(path: str | None, overrides: dict[str, Any]) -> Hj212GatewayConfig:
+    """Read the YAML file (if any), apply CLI overrides, validate.
+
+    Raises:
+        ConfigError: naming the file and the offending key.
+    """
+    raw: dict[str, Any] = {}
+    source = path or "<command line>"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of settings")
+        raw.update(loaded.get("hj212", loaded) if isinstance(loaded.get("hj212"), dict) else loaded)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = msgspec.convert(raw, Hj212GatewayConfig)
+        config.listen_address()
+        ZoneInfo(config.timezone)
+    except (msgspec.ValidationError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if not 0 < config.max_data_length <= 9999:
+        raise ConfigError(f"{source}: max_data_length: must be 1..9999")
+    return config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``vigil edge hj212`` options to a parser."""
+    parser.add_argument("--config", help="YAML file with the settings below (keys as in docs/hj212.md)")
+    parser.add_argument("--listen", help="HOST:PORT to accept data loggers on (default 0.0.0.0:6000)")
+    parser.add_argument("--mqtt", help="broker URL, mqtt://user:password@host:port")
+    parser.add_argument("--client-id", dest="client_id")
+    parser.add_argument("--registry", help="device registry YAML used to check MN and PW")
+    parser.add_argument("--accept-unknown-devices", dest="accept_unknown_devices", action="store_const", const=True,
+                        help="accept any MN and PW (commissioning, tests)")
+    parser.add_argument("--max-data-length", dest="max_data_length", type=int,
+                        help="largest data segment accepted (standard: 1024)")
+    parser.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, help="seconds before a silent "
+                        "connection is closed")
+    parser.add_argument("--max-connections", dest="max_connections", type=int)
+    parser.add_argument("--timezone", help="loggers' local time zone (default Asia/Shanghai)")
+    parser.add_argument("--no-dead-letter", dest="dead_letter", action="store_const", const=False,
+                        help="do not publish refused frames on vigil/v1/deadletter/edge-hj212")
+    parser.add_argument("--no-status", dest="publish_status", action="store_const", const=False,
+                        help="do not publish per-logger online/offline status")
+
+
+def config_from_args(args: argparse.Namespace) -> Hj212GatewayConfig:
+    """Build the config from parsed ``add_arguments`` options. Raises ``ConfigError``."""
+    names = [f for f in Hj212GatewayConfig.__struct_fields__ if hasattr(args, f)]
+    return load_config(getattr(args, "config", None), {name: getattr(args, name) for name in names})
+
+
+class RegistryDevicePasswords:
+    """``DevicePasswords`` over ``broker.registry.DeviceRegistry`` (emission devices only)."""
+
+    def __init__(self, registry: DeviceRegistry) -> None:
+        self._registry = registry
+        self._warned: set[str] = set()
+
+    def lookup(self, mn: str) -> str | None:
+        """The clear password of an emission device; hash-only devices cannot be checked (None)."""
+        device = self._registry.device(mn)
+        if device is None or device.kind != Kind.EMISSION:
+            return None
+        password = self._registry.password_of(mn)
+        if password is None and mn not in self._warned:
+            self._warned.add(mn)
+            log.warning("hj212: device %s has no clear password (HJ 212 sends PW in clear); refusing it", mn)
+        return password
+
+    def site(self, mn: str) -> str | None:
+        """The device's site id."""
+        device = self._registry.device(mn)
+        return device.site if device is not None else None
+
+
+async def serve(config: Hj212GatewayConfig, *, stop: asyncio.Event | None = None,
+                bound: Callable[[str, int], None] | None = None) -> Hj212Counters:
+    """Run the gateway with its MQTT client until ``stop`` is set (or cancelled); returns the counters."""
+    from broker.mqtt import MqttClient  # the shared MQTT layer; imported here to keep the core importable alone
+
+    passwords: RegistryDevicePasswords | None = None
+    if config.registry is not None:
+        from broker.registry import DeviceRegistry
+
+        passwords = RegistryDevicePasswords(DeviceRegistry.load(config.registry))
+    policy = SessionPolicy(config.accept_unknown_devices, config.max_data_length, config.split_timeout_s,
+                           ZoneInfo(config.timezone))
+    limits = ServerLimits(config.idle_timeout_s, config.max_connections, publish_status=config.publish_status)
+    async with MqttClient(config.mqtt, config.client_id) as mqtt:
+        gateway = Hj212Gateway(mqtt.publish, policy=policy, limits=limits, passwords=passwords,
+                               sites=passwords.site if passwords is not None else None,
+                               dead_letter=dead_letter_publisher(mqtt.publish) if config.dead_letter else None)
+        host, port = await gateway.start(*config.listen_address())
+        if bound is not None:
+            bound(host, port)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(_log_stats(gateway, config.stats_interval_s), name="hj212-stats")
+                tasks.create_task(gateway.serve_forever(), name="hj212-server")
+                if stop is not None:
+                    await stop.wait()
+                    raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            await gateway.close()
+            log.info("hj212 gateway stopped: %s", gateway.counters.snapshot())
+    return gateway.counters
+
+
+class _Stop(Exception):
+    """Ends the gateway's task group."""
+
+
+async def _log_stats(gateway: Hj212Gateway, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        log.info("hj212 counters: %s", gateway.counters.snapshot())
+
+
+def run(config: Hj212GatewayConfig) -> int:
+    """Entry point of ``vigil edge hj212``: serve until SIGINT/SIGTERM; exit status 0."""
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await serve(config, stop=stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m edge.hj212``: parse options and run."""
+    parser = argparse.ArgumentParser(prog="vigil edge hj212", description="HJ 212 data-logger gateway")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return run(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

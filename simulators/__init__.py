@@ -1,0 +1,1 @@
+"""Vigil device simulators: synthetic devices and scenes with ground truth."""
