@@ -46,10 +46,15 @@ def test_demo_runs_for_the_given_time_prints_where_to_look_and_alerts_reach_mqtt
             await asyncio.sleep(40)
 
     asyncio.run(follow())
-    out, err = proc.communicate(timeout=60)
+    # Keep reading through the same buffered stream the banner came from.
+    out = proc.stdout.read()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.wait(60)
     assert proc.returncode == 0, err[-2000:]
     text = "".join(banner) + out
-    assert "notifications:" in text and "storage:" in text
+    assert "notifications:" in text, text
+    assert "storage:" in text, text
     assert "Vigil demo stopped after" in text
     firing = [decode_alert(m.payload) for m in alerts if m.payload]
     assert any(a.status == "firing" for a in firing), "no alert reached vigil/v1/alerts/# in 40 s"

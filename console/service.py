@@ -1,0 +1,520 @@
+"""The console stage: live device state, server push and the views behind the operator's web page.
+
+The console runs in the same process as the alerting stage (``peers["alerting"]``) and works on
+it directly: reads come from its memory and store, actions go through its ``AlertDesk`` (which
+checks roles, records the audit trail, commits and publishes on MQTT), and alert changes arrive
+through its ``watch()`` hook. Device data arrives through the shared ``DeviceIngest``. The HTTP
+side (``console.web``) is a thin adapter over the view methods here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from alerting.api import alert_json
+from alerting.desk import AlertDesk
+from alerting.figures import handling_figures
+from alerting.lifecycle import SEVERITY_RANK, AlertRecord
+from alerting.roster import rotation_slot
+from broker.contracts import Alert, Channel, DeviceMessage
+from broker.ingest import DeviceIngest
+from broker.mqtt import MqttClient
+from broker.registry import DeviceRegistry
+from console import board
+from console.auth import LoginThrottle, SessionBook, accounts_from
+from console.config import ConsoleConfig, MapFeature
+from console.geo import LayerFileError, bounds_of, load_geojson_layers, wgs84_to_gcj02
+from console.history import HistoryReader, reader_for
+from console.journal import ConsoleJournal
+from console.live import LiveDevices
+from console.push import PushHub
+
+if TYPE_CHECKING:
+    from alerting.service import AlertingService
+
+log = logging.getLogger(__name__)
+_JSON = msgspec.json.Encoder()
+
+
+class ConsoleError(Exception):
+    """The console cannot start (for example without an alerting stage in its process)."""
+
+
+class ConsoleService:
+    """The operator console of one process."""
+
+    def __init__(self, config: ConsoleConfig, *, mqtt: MqttClient, ingest: DeviceIngest, registry: DeviceRegistry,
+                 state_dir: Path, peers: dict[str, object] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        alerting = (peers or {}).get("alerting")
+        if alerting is None:
+            raise ConsoleError("the console needs the alerting stage in the same process: list 'alerting' "
+                               "before 'console' in services")
+        self.config = config
+        self.mqtt = mqtt
+        self.ingest = ingest
+        self.registry = registry
+        self.clock = clock
+        self.alerting: AlertingService = alerting  # type: ignore[assignment]
+        self.desk: AlertDesk = getattr(alerting, "desk", None) or AlertDesk(self.alerting)
+        self.tz = ZoneInfo(config.timezone)
+        self.live = LiveDevices(config.chart_points, config.track_points)
+        self.hub = PushHub(config.sse_queue)
+        self.sessions = SessionBook(config.session_ttl_s)
+        self.throttle = LoginThrottle(config.login_failures, config.login_window_s)
+        self.accounts = accounts_from(self.alerting.config.users)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = ConsoleJournal(state_dir / "console.sqlite3")
+        self.history: HistoryReader | None = reader_for((peers or {}).get("storage"))
+        self.layers = self._load_layers()
+        self.counters: Counter[str] = Counter()
+        self.port: int | None = None
+        self.started = asyncio.Event()
+        self._seen_alerts: set[str] = set(self.alerting.open)
+        self.alert_version = 0
+        self._board_cache: dict[tuple[board.BoardQuery, bool], bytes] = {}
+        self._board_cache_key: tuple[int, int] = (-1, -1)
+
+    def _load_layers(self) -> list[MapFeature]:
+        layers = list(self.config.map.areas)
+        if self.config.map.layers_file:
+            try:
+                layers += load_geojson_layers(Path(self.config.map.layers_file))
+            except LayerFileError as exc:
+                raise ConsoleError(f"console.map.layers_file: {exc}") from None
+        return layers
+
+    # ------------------------------------------------------------------ runtime interface
+
+    def attach(self) -> None:
+        """Register the device consumer (call before ``mqtt.start()``)."""
+        self.ingest.add_consumer({Channel.TELEMETRY, Channel.EVENT, Channel.STATUS}, self.on_device_messages)
+
+    async def run(self) -> None:
+        """Serve the web page and push changes until cancelled."""
+        from console.web import serve
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pump_alerts(), name="console-alerts")
+                tg.create_task(self._push_devices(), name="console-devices")
+                tg.create_task(self._housekeeping(), name="console-housekeeping")
+                tg.create_task(serve(self), name="console-web")
+        finally:
+            self.journal.close()
+
+    def stats(self) -> dict[str, float]:
+        """Counters: pages connected, events pushed, resyncs, logins, actions, devices tracked."""
+        out = {k: float(v) for k, v in self.counters.items()}
+        out.update(pages=float(len(self.hub.clients)), events_pushed=float(self.hub.published),
+                   page_resyncs=float(self.hub.resyncs), sessions=float(len(self.sessions.sessions)),
+                   devices_live=float(len(self.live.devices)))
+        return out
+
+    @property
+    def url(self) -> str:
+        """Where the console answers (after it started)."""
+        return f"http://{self.config.host}:{self.port or self.config.port}/"
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_device_messages(self, batch: list[DeviceMessage]) -> None:
+        """Ingest consumer: keep the live state (cheap, in the loop thread)."""
+        self.live.apply(batch)
+        self.counters["device_messages"] += len(batch)
+
+    async def _pump_alerts(self) -> None:
+        async for alert in self.alerting.watch(maxsize=10_000):
+            try:
+                self.on_alert_change(alert)
+            except Exception:
+                self.counters["push_errors"] += 1
+                log.exception("console: pushing alert %s failed", alert.id)
+
+    def on_alert_change(self, alert: Alert) -> None:
+        """Push one alert change to every page; keep the device's state when an alert is new."""
+        rec = self.alerting.open.get(alert.id) or self.alerting.store.get_alert(alert.id)
+        if rec is None:
+            return
+        if alert.id not in self._seen_alerts and rec.is_open:
+            self._seen_alerts.add(alert.id)
+            self._keep_snapshot(rec)
+        elif not rec.is_open:
+            self._seen_alerts.discard(alert.id)
+        self.alert_version += 1
+        self.hub.publish("alert", alert_json(self.alerting, rec))
+        self.counters["alert_changes"] += 1
+
+    def _keep_snapshot(self, rec: AlertRecord) -> None:
+        dev = self.live.devices.get(rec.device_id)
+        data: dict[str, Any] = {"values": dict(rec.values)}
+        if dev is not None:
+            data.update(device_values=dict(dev.values), quality=dict(dev.quality), values_ts=dev.values_ts,
+                        last_event=dev.last_event)
+        self.journal.put_snapshot(rec.id, self.clock(), rec.device_id, data)
+
+    async def _push_devices(self) -> None:
+        # Only the ids: pages that show devices reload what they show (debounced), so a fleet reporting
+        # every second costs one small frame per page per interval, not every row.
+        while True:
+            await asyncio.sleep(self.config.device_push_s)
+            changed = self.live.take_changed()
+            if changed and self.hub.clients:
+                self.hub.publish("devices", {"ids": sorted(changed)[:5000], "count": len(changed)})
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(60.0)
+            self.sessions.prune(self.clock())
+
+    # ------------------------------------------------------------------ the board and one alert
+
+    def board_body(self, q: board.BoardQuery, with_facets: bool) -> bytes:
+        """The board page as JSON, shared by every page asking the same question until an alert changes.
+
+        Fifty operators refreshing after the same alert change cost one query, not fifty; the cache
+        also expires every second because deadlines and mutes move with time.
+        """
+        key = (self.alert_version, int(self.clock()))
+        if key != self._board_cache_key:
+            self._board_cache.clear()
+            self._board_cache_key = key
+        body = self._board_cache.get((q, with_facets))
+        if body is None:
+            body = _JSON.encode(self.board(q, with_facets))
+            if len(self._board_cache) < 512:
+                self._board_cache[(q, with_facets)] = body
+            self.counters["board_queries"] += 1
+        else:
+            self.counters["board_cache_hits"] += 1
+        return body
+
+    def board(self, q: board.BoardQuery, with_facets: bool) -> dict[str, Any]:
+        """A page of the alert board, the critical alerts nobody took, and optionally facet counts."""
+        svc = self.alerting
+        open_recs = list(svc.open.values())
+        if q.in_memory:
+            total, page = board.select(open_recs, q)
+        else:
+            filters = dict(q.filters)
+            status = list(q.statuses)
+            if q.text:
+                # Text search over history scans the newest 5,000 matching rows (bounded work per request).
+                found = [r for r in svc.store.query_alerts(status=status, filters=filters, limit=5000)
+                         if board.matches_text(r, q.text)]
+                total, page = len(found), found[q.offset:q.offset + q.limit]
+            else:
+                page = svc.store.query_alerts(status=status, filters=filters, limit=q.limit, offset=q.offset)
+                total = self._count(status, filters)
+        out: dict[str, Any] = {
+            "total": total, "offset": q.offset, "limit": q.limit,
+            "alerts": [alert_json(svc, r) for r in page],
+            "critical": [alert_json(svc, r) for r in self._unmuted(board.critical_unacknowledged(open_recs, 200))[:50]],
+        }
+        if with_facets:
+            out["facets"] = board.facets(open_recs)
+        return out
+
+    def _unmuted(self, recs: list[AlertRecord]) -> list[AlertRecord]:
+        # A silenced or maintenance-muted critical alert stays on the board but does not sound.
+        now = self.clock()
+        return [r for r in recs if self.alerting.muter.mute_reason(r.id, r.match_labels(), now) is None]
+
+    def _count(self, status: list[str], filters: dict[str, str]) -> int:
+        where, args = self.alerting.store._where(status, None, None, filters)
+        row = self.alerting.store.db.execute(f"SELECT COUNT(*) FROM alerts {where}", args).fetchone()
+        return int(row[0]) if row else 0
+
+    def alert_detail(self, alert_id: str) -> dict[str, Any]:
+        """An alert with its timeline, notifications (with attempts), evidence and place. Raises ``DeskError``."""
+        svc = self.alerting
+        rec = self.desk.get(alert_id)
+        timeline = [{"ts": e.ts, "actor": e.actor, "action": e.action, "detail": e.detail}
+                    for e in self.desk.timeline(alert_id)]
+        notes = []
+        for n in svc.store.notifications(alert_id=alert_id, limit=100):
+            row = n.public()
+            row.pop("body", None)
+            row["attempts_log"] = svc.store.attempts(n.id)
+            row["recipient_name"] = self._recipient_name(n.recipient)
+            notes.append(row)
+        dev = self.registry.device(rec.device_id)
+        site = self.registry.site_of(rec.device_id)
+        return {
+            "alert": alert_json(svc, rec),
+            "timeline": timeline,
+            "notifications": notes,
+            "snapshot": self.journal.snapshot(alert_id),
+            "snapshot_image": self.evidence_href(rec.snapshot_url),
+            "rule": {"name": rec.rule, "description": rec.description, "values": rec.values, "labels": rec.labels,
+                     "fingerprint": rec.fingerprint, "policy": rec.esc_policy},
+            "device": {"id": rec.device_id, "kind": str(rec.kind), "name": dev.name if dev else "",
+                       "site": site.id if site else rec.site, "site_name": site.name if site else "",
+                       "position": self.device_position(rec.device_id)},
+        }
+
+    def _recipient_name(self, key: str) -> str:
+        kind, _, name = key.partition(":")
+        if kind == "person" and (p := self.alerting.roster.people.get(name)) is not None:
+            return p.name or name
+        return name
+
+    def evidence_href(self, url: str | None) -> str | None:
+        """A link the page can load for a snapshot URL (files under ``evidence_dir`` go through ``/evidence/``)."""
+        if not url:
+            return None
+        if url.startswith(("http://", "https://", "/evidence/")):
+            return url
+        if url.startswith("file://") and self.config.evidence_dir:
+            from urllib.parse import quote, unquote, urlsplit
+
+            path = Path(unquote(urlsplit(url).path)).resolve()
+            root = Path(self.config.evidence_dir).resolve()
+            if path.is_relative_to(root):
+                return "/evidence/" + quote(path.relative_to(root).as_posix())
+        return None
+
+    # ------------------------------------------------------------------ devices and the map
+
+    def _open_by_device(self) -> dict[str, list[AlertRecord]]:
+        out: dict[str, list[AlertRecord]] = {}
+        for r in self.alerting.open.values():
+            out.setdefault(r.device_id, []).append(r)
+        return out
+
+    def display(self, lon: float, lat: float) -> list[float]:
+        """A WGS-84 position in the basemap's datum."""
+        if self.config.gcj02_basemap:
+            lon, lat = wgs84_to_gcj02(lon, lat)
+        return [round(lon, 6), round(lat, 6)]
+
+    def device_position(self, device_id: str) -> list[float] | None:
+        """Where to draw a device: its reported position, its own coordinates, or its site's."""
+        live = self.live.devices.get(device_id)
+        pos = live.position() if live is not None else None
+        if pos is None:
+            dev = self.registry.device(device_id)
+            lat = dev.attributes.get("lat") if dev else None
+            lon = dev.attributes.get("lon") if dev else None
+            if isinstance(lat, int | float) and isinstance(lon, int | float):
+                pos = (float(lon), float(lat))
+        if pos is None:
+            site = self.registry.site_of(device_id)
+            if site is not None and site.lat is not None and site.lon is not None:
+                pos = (site.lon, site.lat)
+        return self.display(*pos) if pos is not None else None
+
+    def device_row(self, device_id: str, now: float, open_by_device: dict[str, list[AlertRecord]],
+                   ) -> dict[str, Any]:
+        """One device for the list and the map."""
+        dev = self.registry.device(device_id)
+        live = self.live.devices.get(device_id)
+        site = self.registry.site_of(device_id)
+        alerts = open_by_device.get(device_id, [])
+        worst = max(alerts, key=lambda r: SEVERITY_RANK[r.severity]).severity.value if alerts else None
+        return {
+            "id": device_id, "kind": str(dev.kind) if dev else (live.kind if live else ""),
+            "name": dev.name if dev else "", "registered": dev is not None,
+            "site": site.id if site else (dev.site if dev else None), "site_name": site.name if site else "",
+            "industry": site.industry if site else "", "unit": site.unit if site else "",
+            "online": live.online(now, self.config.offline_after_s) if live else False,
+            "last_seen": live.last_seen if live else None,
+            "status_reason": live.status_reason if live else None,
+            "values": dict(live.values) if live else {}, "values_ts": live.values_ts if live else None,
+            "open_alerts": len(alerts), "worst_severity": worst,
+            "position": self.device_position(device_id),
+        }
+
+    def devices(self, params: dict[str, str]) -> dict[str, Any]:
+        """The device registry with live state, filtered by kind, site, online and text."""
+        now = self.clock()
+        ids = list(self.registry.devices) + [d for d in self.live.devices if d not in self.registry.devices]
+        obd = self._open_by_device()
+        rows = [self.device_row(d, now, obd) for d in ids]
+        if params.get("kind"):
+            rows = [r for r in rows if r["kind"] == params["kind"]]
+        if params.get("site"):
+            rows = [r for r in rows if r["site"] == params["site"]]
+        if params.get("online") in ("true", "false"):
+            rows = [r for r in rows if r["online"] == (params["online"] == "true")]
+        text = (params.get("q") or "").lower()
+        if text:
+            rows = [r for r in rows if text in r["id"].lower() or text in r["name"].lower()
+                    or text in (r["site_name"] or "").lower()]
+        rank = {k.value: v + 1 for k, v in SEVERITY_RANK.items()}
+        rows.sort(key=lambda r: (-rank.get(r["worst_severity"] or "", 0), not r["online"], r["id"]))
+        online = sum(1 for r in rows if r["online"])
+        return {"total": len(rows), "online": online, "devices": rows[:2000]}
+
+    def device_detail(self, device_id: str) -> dict[str, Any] | None:
+        """One device: live state, open alerts and recent alert history."""
+        if self.registry.device(device_id) is None and device_id not in self.live.devices:
+            return None
+        now = self.clock()
+        row = self.device_row(device_id, now, self._open_by_device())
+        hist = self.alerting.store.query_alerts(filters={"device_id": device_id}, limit=50)
+        dev = self.registry.device(device_id)
+        live = self.live.devices.get(device_id)
+        return {"device": row, "attributes": dict(dev.attributes) if dev else {},
+                "labels": dict(dev.labels) if dev else {}, "quality": dict(live.quality) if live else {},
+                "last_event": live.last_event if live else None,
+                "alerts": [alert_json(self.alerting, r) for r in hist]}
+
+    async def series(self, device_id: str, since: float, until: float) -> dict[str, Any]:
+        """Numeric telemetry of a device in [since, until] from memory, or from storage for older windows."""
+        points = self.live.series(device_id, since, until)
+        source = "memory"
+        live = self.live.devices.get(device_id)
+        oldest = live.series[0][0] if live is not None and live.series else None
+        if self.history is not None and (oldest is None or oldest > since + 1.0):
+            dev = self.registry.device(device_id)
+            kind = str(dev.kind) if dev else (live.kind if live else "")
+            stored = await self.history.aread(kind, device_id, since, until)
+            if stored:
+                cut = points[0][0] if points else float("inf")
+                points = [p for p in stored if p[0] < cut] + points
+                source = "storage"
+        return {"device_id": device_id, "since": since, "until": until, "source": source,
+                "points": [{"ts": t, "values": v} for t, v in points]}
+
+    def map_data(self) -> dict[str, Any]:
+        """Everything the map draws: layers, sites, devices, tracks and alert markers."""
+        now = self.clock()
+        obd = self._open_by_device()
+        sites: list[dict[str, Any]] = []
+        for s in self.registry.sites.values():
+            if s.lat is None or s.lon is None:
+                continue
+            n_open = sum(len(obd.get(d.id, [])) for d in self.registry.devices.values() if d.site == s.id)
+            sites.append({"id": s.id, "name": s.name, "industry": s.industry, "unit": s.unit,
+                          "position": self.display(s.lon, s.lat), "open_alerts": n_open})
+        ids = list(self.registry.devices) + [d for d in self.live.devices if d not in self.registry.devices]
+        devices = [r for r in (self.device_row(d, now, obd) for d in ids) if r["position"] is not None]
+        for r in devices:
+            r.pop("values", None)
+            live = self.live.devices.get(r["id"])
+            if live is not None and r["kind"] == "vehicle":
+                r["speed_kmh"] = live.values.get("speed_kmh")
+                r["heading_deg"] = live.values.get("heading_deg")
+        tracks = {d: [self.display(lon, lat) for _, lon, lat in live.track]
+                  for d, live in self.live.devices.items() if len(live.track) > 1}
+        markers = []
+        for d, recs in obd.items():
+            pos = self.device_position(d)
+            if pos is None:
+                continue
+            worst = max(recs, key=lambda r: SEVERITY_RANK[r.severity])
+            markers.append({"device_id": d, "position": pos, "count": len(recs), "alert_id": worst.id,
+                            "severity": worst.severity.value, "status": worst.status.value,
+                            "summary": worst.summary, "summary_en": worst.summary_en})
+
+        def feats(fs: list[MapFeature]) -> list[dict[str, Any]]:
+            return [{"name": f.name, "kind": f.kind, "color": f.color, "coordinates": f.coordinates} for f in fs]
+
+        bounds = self.config.map.bounds
+        if bounds is None:
+            pts: list[tuple[float, float]] = [(s["position"][0], s["position"][1]) for s in sites]
+            pts += [(d["position"][0], d["position"][1]) for d in devices]
+            pts += [c for f in self.layers + self.config.map.geofences + self.config.map.routes for c in f.coordinates]
+            bounds = bounds_of(pts) or (120.0, 30.1, 120.3, 30.4)
+        return {"bounds": list(bounds), "gcj02": self.config.gcj02_basemap,
+                "layers": feats(self.layers), "geofences": feats(self.config.map.geofences),
+                "routes": feats(self.config.map.routes), "sites": sites, "devices": devices,
+                "tracks": tracks, "markers": markers}
+
+    # ------------------------------------------------------------------ duty and figures
+
+    def duty(self) -> dict[str, Any]:
+        """Who is on duty now, the rosters' coming shifts, and escalations in progress."""
+        svc = self.alerting
+        now = self.clock()
+        rosters = []
+        for r in svc.roster.rosters.values():
+            upcoming = []
+            t = now
+            for _ in range(6):
+                s = svc.roster.shift(r.name, t)
+                if s is None:
+                    break
+                p = svc.roster.people.get(s.person)
+                upcoming.append({"person": s.person, "name": p.name if p else s.person, "starts_at": s.starts_at,
+                                 "ends_at": s.ends_at, "override": s.override})
+                _, _, end = rotation_slot(r, t)
+                t = max(end, s.ends_at) + 1.0
+            rosters.append({"name": r.name, "role": r.role, "unit": r.unit, "rotation": r.rotation,
+                            "handovers": r.handovers, "members": r.members, "upcoming": upcoming})
+        escalations = []
+        for rec in sorted(svc.open.values(), key=lambda x: x.starts_at, reverse=True):
+            pol = svc.policies.get(rec.esc_policy or "")
+            if rec.status.value != "firing" or pol is None:
+                continue
+            steps = [{"delay_s": s.delay_s, "targets": s.targets, "at": rec.esc_anchor + s.delay_s,
+                      "done": i < rec.esc_next_step or rec.esc_anchor + s.delay_s <= now}
+                     for i, s in enumerate(pol.steps)]
+            escalations.append({"alert": alert_json(svc, rec), "policy": pol.name, "steps": steps,
+                                "repeats": rec.esc_repeats})
+            if len(escalations) >= 100:
+                break
+        people = [{"id": p.id, "name": p.name, "roles": p.roles, "unit": p.unit}
+                  for p in svc.roster.people.values()]
+        overrides = [{"id": o.id, "roster": o.roster, "person": o.person, "starts_at": o.starts_at,
+                      "ends_at": o.ends_at, "reason": o.reason, "author": o.author}
+                     for o in svc.roster.overrides.values() if o.ends_at > now]
+        return {"now": now, "on_duty": self.desk.on_duty(now), "rosters": rosters, "people": people,
+                "overrides": overrides, "escalations": escalations}
+
+    def day_start(self, now: float) -> float:
+        """Local midnight (configured zone) of the day containing ``now``."""
+        local = datetime.fromtimestamp(now, self.tz)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+    def figures(self, days: int) -> dict[str, Any]:
+        """Today's and the last ``days`` days' handling figures, per industry and site, and a daily series."""
+        now = self.clock()
+        today = self.day_start(now)
+        since = (datetime.fromtimestamp(today, self.tz) - timedelta(days=days - 1)).timestamp()
+        recs = list(self.alerting.store.iter_alerts(since, None))
+        todays = [r for r in recs if r.starts_at >= today]
+
+        def grouped(key: Callable[[AlertRecord], str]) -> dict[str, dict[str, Any]]:
+            groups: dict[str, list[AlertRecord]] = {}
+            for r in recs:
+                groups.setdefault(key(r), []).append(r)
+            out = {}
+            for k, rs in groups.items():
+                f = handling_figures(rs, now)
+                f.pop("by", None)
+                out[k] = f
+            return out
+
+        daily: Counter[str] = Counter()
+        for r in recs:
+            daily[datetime.fromtimestamp(r.starts_at, self.tz).strftime("%Y-%m-%d")] += 1
+        days_list = [(datetime.fromtimestamp(today, self.tz) - timedelta(days=i)).strftime("%Y-%m-%d")
+                     for i in range(days - 1, -1, -1)]
+        return {"now": now, "since": since, "days": days, "today": handling_figures(todays, now),
+                "period": handling_figures(recs, now), "by_industry": grouped(lambda r: r.industry or "-"),
+                "by_site": grouped(lambda r: r.site or "-"), "by_unit": grouped(lambda r: r.assigned_unit or r.unit or "-"),
+                "daily": [{"date": d, "count": daily.get(d, 0)} for d in days_list]}
+
+    def maintenance(self) -> list[dict[str, Any]]:
+        """The configured recurring maintenance windows."""
+        return [{"name": w.name, "matchers": w.matchers, "start": w.start, "duration_min": w.duration_min,
+                 "weekdays": w.weekdays, "timezone": w.timezone} for w in self.alerting.config.maintenance]
+
+    async def close_pages(self) -> None:
+        """Tell every connected page the server is going away (they reconnect)."""
+        for c in list(self.hub.clients):
+            with contextlib.suppress(asyncio.QueueFull):
+                c.queue.put_nowait(b"")

@@ -1,0 +1,120 @@
+"""``ElevatorMonitor``: readings in, contract telemetry and fault events out (pure, clock injected)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from broker.contracts import DeviceEvent, Severity, Telemetry
+from edge.elevator.detectors import Detector, DetectorThresholds, EventChange, default_detectors
+from edge.elevator.signals import ElevatorGeometry, ElevatorSignals, signal_problem
+
+# A change of any of these is published at once rather than at the next telemetry interval.
+_DISCRETE = ("door", "direction", "floor", "door_zone", "power", "mode", "safety_circuit_ok")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorOutput:
+    """What one reading produced: maybe a telemetry message, and events that started or ended."""
+
+    telemetry: Telemetry | None = None
+    events: list[DeviceEvent] = field(default_factory=list)
+    rejected: str | None = None
+    """Why the reading was skipped (implausible values), else None."""
+
+
+class ElevatorMonitor:
+    """Runs the fault detectors over a box's readings and builds the messages to publish."""
+
+    def __init__(self, device_id: str, geometry: ElevatorGeometry | None = None,
+                 thresholds: DetectorThresholds | None = None, *, telemetry_interval_s: float = 1.0,
+                 site: str | None = None, detectors: list[Detector] | None = None) -> None:
+        """Set up the detectors for one installation.
+
+        Args:
+            device_id: the elevator's id (used in event ids).
+            geometry: floors, floor height and rated speed.
+            thresholds: detector timings and limits.
+            telemetry_interval_s: longest gap between telemetry messages; discrete changes go at once.
+            site: copied into telemetry.
+            detectors: replaces the default set (tests).
+        """
+        self.device_id = device_id
+        self.geometry = geometry or ElevatorGeometry()
+        self.thresholds = thresholds or DetectorThresholds()
+        self._detectors = detectors if detectors is not None else default_detectors(self.geometry, self.thresholds)
+        self._interval = telemetry_interval_s
+        self._site = site
+        self._last_sent: float | None = None
+        self._last_discrete: tuple[object, ...] | None = None
+        self._seq = 0
+        self._open: dict[str, str] = {}
+        self._started: dict[str, float] = {}
+        self._severity: dict[str, Severity] = {}
+        self.rejections: Counter[str] = Counter()
+        self.events_started = 0
+
+    @property
+    def active_events(self) -> dict[str, str]:
+        """Event type -> event id of the events in progress."""
+        return dict(self._open)
+
+    def observe(self, s: ElevatorSignals, now: float) -> MonitorOutput:
+        """Feed one reading taken at ``now`` (epoch seconds)."""
+        problem = signal_problem(s)
+        if problem is not None:
+            self.rejections[problem] += 1
+            return MonitorOutput(rejected=problem)
+        changes: list[EventChange] = []
+        for det in self._detectors:
+            if s.mode in det.suppressed_in:
+                changes.extend(det.suppress(now))
+            else:
+                changes.extend(det.update(s, now))
+        events = [e for e in (self._event(c) for c in changes) if e is not None]
+        return MonitorOutput(self._telemetry(s, now, force=bool(events)), events)
+
+    def close_all(self, now: float, reason: str) -> list[DeviceEvent]:
+        """End every event in progress (the agent or simulation stops); ``data.reason`` says why."""
+        events = []
+        for kind in list(self._open):
+            event = self._event(EventChange(kind, "end", now, self._severity.get(kind, Severity.MAJOR),
+                                            f"monitoring stopped: {reason}", None, {"reason": reason}))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _telemetry(self, s: ElevatorSignals, now: float, *, force: bool) -> Telemetry | None:
+        discrete = tuple(getattr(s, name) for name in _DISCRETE)
+        due = (force or self._last_sent is None or now - self._last_sent >= self._interval
+               or discrete != self._last_discrete)
+        if not due:
+            return None
+        self._last_sent = now
+        self._last_discrete = discrete
+        self._seq += 1
+        return Telemetry(ts=_ts(now), metrics=s.metrics(), site=self._site, seq=self._seq)
+
+    def _event(self, c: EventChange) -> DeviceEvent | None:
+        data = dict(c.data)
+        if c.state == "start":
+            if c.type in self._open:
+                return None
+            event_id = f"{self.device_id}-{c.type}-{int(c.at * 1000)}"
+            self._open[c.type] = event_id
+            self._started[c.type] = c.at
+            self._severity[c.type] = c.severity
+            self.events_started += 1
+        else:
+            found = self._open.pop(c.type, None)
+            if found is None:
+                return None
+            event_id = found
+            data["duration_s"] = round(c.at - self._started.pop(c.type, c.at), 3)
+        return DeviceEvent(ts=_ts(c.at), type=c.type, state=c.state, event_id=event_id, severity=c.severity,
+                           measure=c.measure, message=c.message, data=data)
+
+
+def _ts(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)

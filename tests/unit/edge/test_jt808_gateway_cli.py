@@ -1,0 +1,80 @@
+"""The JT/T 808 gateway's options, registry lookup and rejection logging (no sockets)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from edge.jt808.codec import RejectionReason
+from edge.jt808.gateway import RegistryTerminals, RejectionLog, build_parser, parse_listen, platform_from_args
+from edge.jt808.session import Rejection
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0.0.0.0:7808", ("0.0.0.0", 7808)), ("127.0.0.1:0", ("127.0.0.1", 0)), ("9000", ("0.0.0.0", 9000)),
+    ("[::1]:7808", ("::1", 7808)),
+])
+def test_listen_addresses(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["host:port", "1.2.3.4:70000"])
+def test_bad_listen_addresses(bad: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_listen(bad)
+
+
+def test_options_and_defaults() -> None:
+    args = build_parser().parse_args(["--listen", "127.0.0.1:7900", "--mqtt", "mqtt://b:1883",
+                                      "--accept-unknown-devices", "--telemetry-qos", "0"])
+    assert args.listen == ("127.0.0.1", 7900) and args.accept_unknown_devices and args.telemetry_qos == 0
+    assert build_parser().parse_args([]).listen == ("0.0.0.0", 7808)
+
+
+REGISTRY = """
+devices:
+  - {id: "13800138000", kind: vehicle}
+  - {id: "lift-1", kind: elevator}
+"""
+
+
+def test_registry_lookup_knows_vehicles_only_and_rereads_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY)
+    terminals = RegistryTerminals(str(path))
+    assert terminals.lookup("13800138000") and not terminals.lookup("lift-1") and not terminals.lookup("1")
+    path.write_text(REGISTRY + '  - {id: "13900000001", kind: vehicle}\n')
+    os.utime(path, (1, 2_000_000_000))
+    assert terminals.lookup("13900000001")
+
+
+def test_secret_from_environment_or_a_warning(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("JT808_TEST_SECRET", "s3cret")
+    args = build_parser().parse_args(["--auth-secret-env", "JT808_TEST_SECRET", "--accept-unknown-devices"])
+    a, b = platform_from_args(args), platform_from_args(args)
+    assert a.auth.issue("1") == b.auth.issue("1") and a.accept_unknown
+    monkeypatch.delenv("JT808_TEST_SECRET")
+    with caplog.at_level(logging.WARNING):
+        platform_from_args(args)
+    assert "JT808_TEST_SECRET is not set" in caplog.text and "s3cret" not in caplog.text
+
+
+def test_rejection_log_is_rate_limited_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    note = RejectionLog(burst=2, window_s=10, clock=lambda: now[0])
+    bad = Rejection(RejectionReason.BAD_CHECKSUM, "x", "peer", "1", 0x200, b"")
+    other = Rejection(RejectionReason.GARBAGE, "y", "peer", None, None, b"")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(5):
+            note(bad)
+        note(other)
+        now[0] = 11.0
+        note(bad)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("refused bad_checksum" in m for m in lines) == 3
+    assert sum("refused garbage" in m for m in lines) == 1
+    assert any("3 more bad_checksum rejections" in m for m in lines)
