@@ -49,6 +49,7 @@ class DemoOptions:
     console_port: int = 8080
     broker_port: int | None = None
     api_port: int = field(default_factory=free_port)
+    console_password: str = ""
     quiet: bool = False
     out: Any = field(default=sys.stdout)
 
@@ -197,7 +198,7 @@ async def run_demo(opts: DemoOptions) -> int:
         platform = build_platform(config, registry)
         platform_task = asyncio.create_task(run_platform(platform, stop), name="platform")
 
-        sims = await start_simulators(url("vigil-simulator"), registry, stop)
+        sims = await start_simulators(url("vigil-simulator"), registry, stop, state)
 
         print(banner(url("control-room"), sink, influx_note, opts, platform), file=out, flush=True)
         started = time.monotonic()
@@ -232,7 +233,10 @@ def demo_config(state: Path, mqtt_url: str, storage_cfg: dict[str, Any], sink: N
     }
     if "console" in STAGES and _importable("console.service"):
         services.append("console")
-        raw["console"] = {"listen": f"127.0.0.1:{opts.console_port}"}
+        from console.config import DEMO_LAYERS
+
+        raw["console"] = {"listen": f"127.0.0.1:{opts.console_port}", "map": {"layers_file": DEMO_LAYERS}}
+        opts.console_password = passwords["console-admin"]
     cfg = msgspec.convert(raw, VigilConfig)
     return msgspec.structs.replace(cfg, mqtt=MqttSettings(url=mqtt_url, client_id="vigil-demo"))
 
@@ -267,10 +271,58 @@ def _importable(module: str) -> bool:
         return False
 
 
-async def start_simulators(url: str, registry: DeviceRegistry, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
-    """Start the simulated fleets; each runs until cancelled."""
+async def start_simulators(url: str, registry: DeviceRegistry, stop: asyncio.Event,
+                           state: Path) -> list[asyncio.Task[Any]]:
+    """Start the simulated fleets; each runs until cancelled.
+
+    Elevators publish over MQTT like monitoring boxes; emission data loggers and vehicle
+    terminals speak HJ 212 and JT/T 808 over TCP to the gateways, as field devices do.
+    """
     elevators = [d for d in registry.devices.values() if d.kind == "elevator"]
-    return [asyncio.create_task(elevator_cycles(url, len(elevators)), name="sim-elevators")]
+    tasks = [asyncio.create_task(elevator_cycles(url, len(elevators)), name="sim-elevators")]
+    import simulators
+
+    scenarios = Path(simulators.__file__).resolve().parent / "scenarios"
+    logs = state / "logs"
+    logs.mkdir(exist_ok=True)
+    hj212_port, jt808_port = free_port(), free_port()
+    programs = [
+        ("hj212-gateway", ["edge", "hj212", "--listen", f"127.0.0.1:{hj212_port}", "--mqtt", url,
+                           "--accept-unknown-devices"], hj212_port),
+        ("jt808-gateway", ["edge", "jt808", "--listen", f"127.0.0.1:{jt808_port}", "--mqtt", url,
+                           "--accept-unknown-devices"], jt808_port),
+        ("hj212-loggers", ["sim", "hj212", "--scenario", str(scenarios / "hj212_demo.yaml"),
+                           "--host", "127.0.0.1", "--port", str(hj212_port)], None),
+        ("jt808-terminals", ["sim", "jt808", str(scenarios / "jt808_coach_night.yaml"),
+                             "--gateway", f"127.0.0.1:{jt808_port}"], None),
+    ]
+    for name, argv, port in programs:
+        tasks.append(asyncio.create_task(supervised_program(name, argv, logs / f"{name}.log", port),
+                                         name=f"sim-{name}"))
+        if port is not None:
+            await asyncio.sleep(0)
+    return tasks
+
+
+async def supervised_program(name: str, argv: list[str], log_path: Path, port: int | None) -> None:
+    """Run one ``vigil`` subcommand as a child process until cancelled, restarting it if it exits."""
+    while True:
+        with log_path.open("ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "vigil.cli", *argv,
+                                                        stdout=log_file, stderr=log_file)
+            try:
+                rc = await proc.wait()
+            except asyncio.CancelledError:
+                if proc.returncode is None:
+                    proc.terminate()
+                    try:
+                        await asyncio.wait_for(proc.wait(), 10)
+                    except TimeoutError:
+                        proc.kill()
+                        await proc.wait()
+                raise
+        log.warning("demo: %s exited with %s; restarting in 5 s (log: %s)", name, rc, log_path)
+        await asyncio.sleep(5)
 
 
 async def elevator_cycles(url: str, count: int, cycle_s: float = 120.0) -> None:
@@ -293,13 +345,15 @@ def banner(observer_url: str, sink: NotificationSink, influx_note: str, opts: De
         f"  broker (control-room, read-only): {observer_url}",
         f"    follow alerts:   mosquitto_sub -L '{observer_url}/vigil/v1/alerts/#' -v",
         f"  notifications:     {sink.log_path} (also printed below)",
+        f"  field devices:     {len(platform.registry.devices)} elevators over MQTT; 5 HJ 212 stacks and 8 JT/T 808 "
+        f"coaches over TCP through the gateways (logs in {opts.state_dir}/logs)",
         f"  storage:           {influx_note}",
     ]
     lines.append(f"  alerting API:      http://127.0.0.1:{opts.api_port}/api/openapi.json  (bearer tokens in "
                  f"{opts.state_dir}/demo-secrets.json)")
     if "console" in platform.stages:
-        lines.append(f"  console:           http://127.0.0.1:{opts.console_port}/  (login: admin / see {opts.state_dir}"
-                     "/demo-secrets.json)")
+        lines.append(f"  console:           http://127.0.0.1:{opts.console_port}/  (login: admin / "
+                     f"{opts.console_password})")
     lines.append("")
     return "\n".join(lines)
 
