@@ -1,0 +1,1 @@
+"""Vigil's rules engine: decides which device data deserves a human's attention."""

@@ -1,0 +1,598 @@
+"""The pure rules engine: device messages and the current time in, alert transitions out.
+
+No I/O here. ``process`` takes validated device messages, ``tick`` takes the wall time,
+both return ``Transition`` objects; the service publishes them and persists the state.
+
+Each (rule, device) pair is a small state machine::
+
+    inactive --condition--> pending --held for `for`--> firing
+    firing --clear signal--> clearing --held for `keep_firing_for`--> resolved (inactive)
+    pending --condition false--> inactive;  clearing --clear signal gone--> firing
+
+The clear signal is the rule's ``clear`` condition when given, else the condition's own
+clear level (a threshold's ``clear_below``), else "the condition is false" -- so
+hysteresis needs no extra rule. A pair is one alert: it fires once and resolves once
+(deduplicated per device and rule), identified by ``Rule.fingerprint``.
+
+Time: a device's own timestamps drive its rules. Data older than the device's newest
+message ("late") still feeds sliding windows (if inside the window) but never moves a
+state machine, so a replayed or redelivered message cannot fire or clear anything twice.
+Ticks estimate the device's time as its last timestamp plus the wall time since it was
+heard, which promotes pending alerts and auto-resolves instant events while a device is
+silent, and judges absence on wall time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from broker.contracts import (
+    DeviceEvent,
+    DeviceMessage,
+    DeviceStatus,
+    Kind,
+    Telemetry,
+    Transition,
+)
+from broker.registry import DeviceRegistry
+from rules.conditions.base import CLEAR, FIRE, HOLD, EvalContext, Signal
+from rules.model import Rule
+
+INACTIVE: Final = 0
+PENDING: Final = 1
+FIRING: Final = 2
+CLEARING: Final = 3
+PHASE_NAMES: Final = ("inactive", "pending", "firing", "clearing")
+_NO_SLOTS: Final[list[Any]] = []
+_NO_PARAMS: Final[dict[str, Any]] = {}
+
+
+class RuleState:
+    """One rule's state for one device."""
+
+    __slots__ = ("clear_since", "digest", "flapping", "flaps", "params", "phase", "published", "signal", "since",
+                 "slots", "started_at", "values")
+
+    def __init__(self, rule: Rule, params: dict[str, Any]) -> None:
+        self.phase = INACTIVE
+        self.since = 0.0
+        self.clear_since = 0.0
+        self.started_at = 0.0
+        self.signal: Signal = None
+        # Shared empty containers keep a stateless rule's state small (most rules are stateless).
+        self.slots: list[Any] = [None] * rule.slots if rule.slots else _NO_SLOTS
+        self.params = params if params else _NO_PARAMS
+        self.flaps: list[float] | tuple[()] = ()
+        self.flapping = False
+        self.published: str | None = None
+        self.values: dict[str, Any] = _NO_PARAMS
+        self.digest = rule.digest
+
+
+class DeviceState:
+    """What the engine knows about one device."""
+
+    __slots__ = ("device_id", "event_ts", "kind", "last_rx", "last_ts", "metrics", "quality", "rule_cache", "rules",
+                 "seen_rx", "site", "status_ts")
+
+    def __init__(self, device_id: str, kind: Kind, site: str | None) -> None:
+        self.device_id = device_id
+        self.kind = kind
+        self.site = site
+        self.last_ts = 0.0
+        """Device time of the newest telemetry (older telemetry is late)."""
+        self.event_ts = 0.0
+        """Device time of the newest event (older events are late)."""
+        self.status_ts = 0.0
+        self.last_rx = 0.0
+        """Wall time of the newest telemetry or event (absence is judged on it)."""
+        self.seen_rx = 0.0
+        """Wall time of the newest message of any channel (the tick's device-time estimate starts there)."""
+        self.metrics: dict[str, Any] = {}
+        self.quality: dict[str, Any] = {}
+        self.rules: dict[str, RuleState] = {}
+        self.rule_cache: dict[Any, list[Rule]] = {}
+
+
+@dataclass
+class EngineCounters:
+    """What the engine has done (exposed through the service's ``stats``)."""
+
+    messages: int = 0
+    evaluations: int = 0
+    late: int = 0
+    transitions: int = 0
+    suppressed_flapping: int = 0
+    ticks: int = 0
+    errors: int = 0
+    """Messages or tick evaluations that raised (a bug in a condition); counted, the stream goes on."""
+
+
+@dataclass
+class _Index:
+    """Rules by kind and trigger, so a message meets only the rules that can apply to it."""
+
+    by_metric: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
+    any_telemetry: dict[str, list[Rule]] = field(default_factory=dict)
+    by_event: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
+    on_status: dict[str, list[Rule]] = field(default_factory=dict)
+    on_tick: list[Rule] = field(default_factory=list)
+    silence: list[Rule] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, rules: Iterable[Rule]) -> _Index:
+        idx = cls()
+        for rule in rules:
+            for kind in sorted(rule.kinds):
+                for metric in rule.metrics:
+                    idx.by_metric.setdefault(kind, {}).setdefault(metric, []).append(rule)
+                if rule.any_telemetry:
+                    idx.any_telemetry.setdefault(kind, []).append(rule)
+                for ev in rule.events:
+                    idx.by_event.setdefault(kind, {}).setdefault(ev, []).append(rule)
+                if rule.on_status:
+                    idx.on_status.setdefault(kind, []).append(rule)
+            if rule.needs_tick:
+                idx.on_tick.append(rule)
+            if rule.watches_silence:
+                idx.silence.append(rule)
+        return idx
+
+
+def _ts(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class RuleEngine:
+    """Evaluates rules over device messages; keeps per-device, per-rule state."""
+
+    def __init__(self, rules: Iterable[Rule], registry: DeviceRegistry | None = None) -> None:
+        self.registry = registry
+        self.rules: dict[str, Rule] = {}
+        self.devices: dict[str, DeviceState] = {}
+        self.counters = EngineCounters()
+        self.watch_start: float | None = None
+        """Wall time the engine began watching (absence of never-seen devices counts from here)."""
+        self.changes: list[tuple[str, str]] = []
+        """(device, rule) pairs whose state machine changed since ``drain_changes`` (for the journal)."""
+        self.last_error: Exception | None = None
+        self.orphans: list[Transition] = []
+        """Resolutions for alerts of rules removed while the engine was down (filled by a restore)."""
+        self._timed: set[tuple[str, str]] = set()
+        self._by_kind: dict[Kind, list[DeviceState]] = {}
+        """Devices by kind, so the tick visits only devices a time-driven rule can apply to."""
+        self._index = _Index()
+        self.set_rules(list(rules))
+
+    # ------------------------------------------------------------------ rules
+
+    def set_rules(self, rules: list[Rule], now: float | None = None) -> list[Transition]:
+        """Replace the rule set; unchanged rules keep their state, removed ones resolve their alerts."""
+        new = {r.name: r for r in rules}
+        out: list[Transition] = []
+        for dev in self.devices.values():
+            dev.rule_cache.clear()
+            for name in list(dev.rules):
+                rs = dev.rules[name]
+                rule = new.get(name)
+                if rule is None:
+                    old = self.rules.get(name)
+                    if old is not None and rs.phase in (FIRING, CLEARING) and rs.published == "firing":
+                        ts = now if now is not None else dev.last_ts
+                        out.append(self._transition(old, dev, rs, "resolved", ts, None, None))
+                    del dev.rules[name]
+                    self._timed.discard((dev.device_id, name))
+                    self.changes.append((dev.device_id, name))
+                elif rule.digest != rs.digest:
+                    self._reset_changed(rule, dev, rs)
+        self.rules = new
+        self._index = _Index.build(rules)
+        return out
+
+    def _reset_changed(self, rule: Rule, dev: DeviceState, rs: RuleState) -> None:
+        """A changed rule starts its conditions afresh but keeps a firing alert (no duplicate)."""
+        rs.slots = [None] * rule.slots
+        rs.digest = rule.digest
+        rs.params = self._params(rule, dev.device_id)
+        if rs.phase == PENDING:
+            rs.phase = INACTIVE
+        elif rs.phase == CLEARING:
+            rs.phase = FIRING
+        self._timed.discard((dev.device_id, rule.name))
+        self.changes.append((dev.device_id, rule.name))
+
+    def _params(self, rule: Rule, device_id: str) -> dict[str, Any]:
+        return {name: p.resolve(self.registry, device_id) for name, p in rule.params.items()}
+
+    def _rules_for(self, dev: DeviceState, key: Any, candidates: list[Rule]) -> list[Rule]:
+        cached = dev.rule_cache.get(key)
+        if cached is None:
+            device = self.registry.device(dev.device_id) if self.registry is not None else None
+            cached = [r for r in candidates if r.applies_to(dev.device_id, dev.kind, dev.site, device)]
+            dev.rule_cache[key] = cached
+        return cached
+
+    def _device(self, device_id: str, kind: Kind | str, site: str | None) -> DeviceState:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            if site is None and self.registry is not None:
+                reg = self.registry.device(device_id)
+                site = reg.site if reg is not None else None
+            dev = self.devices[device_id] = DeviceState(device_id, Kind(kind), site)
+            self._by_kind.setdefault(dev.kind, []).append(dev)
+        elif site is not None and dev.site is None:
+            dev.site = site
+            dev.rule_cache.clear()
+        return dev
+
+    # ------------------------------------------------------------------ messages
+
+    def process(self, messages: Iterable[DeviceMessage], now: float) -> list[Transition]:
+        """Evaluate the rules each message can trigger; ``now`` is wall time (used for absence)."""
+        out: list[Transition] = []
+        if self.watch_start is None:
+            self.watch_start = now
+        for msg in messages:
+            self.counters.messages += 1
+            try:
+                self._process_one(msg, now, out)
+            except Exception as exc:  # a rule bug must not stop the stream; the service logs it
+                self.counters.errors += 1
+                self.last_error = exc
+        return out
+
+    def _process_one(self, msg: DeviceMessage, now: float, out: list[Transition]) -> None:
+        payload = msg.payload
+        kind = msg.kind if isinstance(msg.kind, Kind) else Kind(msg.kind)
+        received = msg.received_at or now
+        if isinstance(payload, Telemetry):
+            dev = self._device(msg.device_id, kind, payload.site)
+            dev.seen_rx = max(dev.seen_rx, received)
+            ts = _ts(payload.ts)
+            late = ts < dev.last_ts
+            if not late:
+                dev.metrics.update(payload.metrics)
+                if payload.quality:
+                    dev.quality.update(payload.quality)
+                dev.last_ts = ts
+            else:
+                self.counters.late += 1
+            dev.last_rx = max(dev.last_rx, received)
+            key = tuple(payload.metrics)
+            rules = dev.rule_cache.get(key)
+            if rules is None:
+                by_metric = self._index.by_metric.get(kind, {})
+                cands: dict[str, Rule] = {}
+                for metric in payload.metrics:
+                    for r in by_metric.get(metric, ()):
+                        cands[r.name] = r
+                for r in self._index.any_telemetry.get(kind, ()):
+                    cands[r.name] = r
+                rules = self._rules_for(dev, key, list(cands.values()))
+            if not rules:
+                return
+            ctx = EvalContext(msg.device_id, kind, ts, dev.metrics, dev.quality, {}, now, dev.last_rx,
+                              sample=not late, late=late, message_metrics=payload.metrics)
+            if late:
+                ctx.metrics = {**dev.metrics, **payload.metrics}
+                ctx.quality = {**dev.quality, **(payload.quality or {})}
+            self._run(rules, dev, ctx, received, out)
+        elif isinstance(payload, DeviceEvent):
+            # Events keep their own clock: an edge agent's detection may carry a timestamp a little
+            # older than the telemetry already received, and must not be dropped as late for it.
+            dev = self._device(msg.device_id, kind, None)
+            dev.seen_rx = max(dev.seen_rx, received)
+            ts = _ts(payload.ts)
+            late = ts < dev.event_ts
+            if not late:
+                dev.event_ts = ts
+            else:
+                self.counters.late += 1
+            dev.last_rx = max(dev.last_rx, received)
+            by_event = self._index.by_event.get(kind, {})
+            cands_e = [*by_event.get(payload.type, ()), *by_event.get("*", ())]
+            rules = self._rules_for(dev, ("event", payload.type), cands_e)
+            if rules:
+                ctx = EvalContext(msg.device_id, kind, ts, dev.metrics, dev.quality, {}, now, dev.last_rx,
+                                  sample=False, late=late, event=payload)
+                self._run(rules, dev, ctx, received, out)
+        elif isinstance(payload, DeviceStatus):
+            dev = self._device(msg.device_id, kind, None)
+            dev.seen_rx = max(dev.seen_rx, received)
+            ts = _ts(payload.ts) if payload.ts is not None else received
+            late = ts < dev.status_ts
+            if not late:
+                dev.status_ts = ts
+            rules = self._rules_for(dev, ("status",), self._index.on_status.get(kind, []))
+            if rules:
+                ctx = EvalContext(msg.device_id, kind, ts, dev.metrics, dev.quality, {}, now,
+                                  dev.last_rx, sample=False, late=late, status=payload)
+                self._run(rules, dev, ctx, received, out)
+
+    def _run(self, rules: list[Rule], dev: DeviceState, ctx: EvalContext, received: float | None,
+             out: list[Transition]) -> None:
+        states = dev.rules
+        late = ctx.late
+        self.counters.evaluations += len(rules)
+        for rule in rules:
+            rs = states.get(rule.name)
+            if rs is None:
+                rs = states[rule.name] = RuleState(rule, self._params(rule, dev.device_id))
+            ctx.params = rs.params
+            if ctx.computed:
+                ctx.computed = {}
+            try:
+                sig = rule.condition.evaluate(ctx, rs.slots)
+                if rule.clear is not None:
+                    sig = _with_clear(sig, rule.clear.evaluate(ctx, rs.slots))
+            except Exception as exc:  # one broken rule must not starve the others
+                self.counters.errors += 1
+                self.last_error = exc
+                continue
+            if late or sig is None:
+                continue
+            # Fast path (most evaluations): an inactive rule that does not fire, a firing one that does not clear.
+            phase = rs.phase
+            # (literals, not the named constants: this loop runs for every evaluation)
+            if ((phase == 0 and sig != 1) or (phase == 2 and sig != -1)) and not rs.flapping:
+                continue
+            self._step(rule, dev, rs, sig, ctx, received, out)
+
+    # ------------------------------------------------------------------ state machine
+
+    def _step(self, rule: Rule, dev: DeviceState, rs: RuleState, sig: Signal, ctx: EvalContext,
+              received: float | None, out: list[Transition]) -> None:
+        if rs.flapping:
+            self._flap_exit(rule, dev, rs, ctx.ts, ctx, received, out)
+        if sig is None:
+            return
+        rs.signal = sig
+        ts = ctx.ts
+        phase = rs.phase
+        key = (dev.device_id, rule.name)
+        if phase == INACTIVE:
+            if sig == FIRE:
+                rs.since = ts
+                if rule.for_s <= 0:
+                    self._fire(rule, dev, rs, ctx, received, out)
+                else:
+                    rs.phase = PENDING
+                    self._timed.add(key)
+                    self.changes.append(key)
+        elif phase == PENDING:
+            if sig == FIRE:
+                if ts - rs.since >= rule.for_s:
+                    self._fire(rule, dev, rs, ctx, received, out)
+            else:
+                rs.phase = INACTIVE
+                self._timed.discard(key)
+                self.changes.append(key)
+        elif phase == FIRING:
+            if sig == CLEAR:
+                rs.clear_since = ts
+                if rule.keep_firing_for_s <= 0:
+                    self._resolve(rule, dev, rs, ts, ctx, received, out)
+                else:
+                    rs.phase = CLEARING
+                    self._timed.add(key)
+                    self.changes.append(key)
+        elif phase == CLEARING:
+            if sig == CLEAR:
+                if ts - rs.clear_since >= rule.keep_firing_for_s:
+                    self._resolve(rule, dev, rs, ts, ctx, received, out)
+            else:
+                rs.phase = FIRING
+                self._timed.discard(key)
+                self.changes.append(key)
+
+    def _fire(self, rule: Rule, dev: DeviceState, rs: RuleState, ctx: EvalContext, received: float | None,
+              out: list[Transition]) -> None:
+        key = (dev.device_id, rule.name)
+        rs.phase = FIRING
+        rs.started_at = rs.since
+        self._timed.discard(key)
+        self.changes.append(key)
+        rs.values = self._values(rule, dev, rs, ctx)
+        self._emit(rule, dev, rs, "firing", ctx.ts, ctx, received, out)
+
+    def _resolve(self, rule: Rule, dev: DeviceState, rs: RuleState, ts: float, ctx: EvalContext | None,
+                 received: float | None, out: list[Transition]) -> None:
+        key = (dev.device_id, rule.name)
+        rs.phase = INACTIVE
+        self._timed.discard(key)
+        self.changes.append(key)
+        if ctx is not None:
+            rs.values = self._values(rule, dev, rs, ctx)
+        self._emit(rule, dev, rs, "resolved", ts, ctx, received, out)
+
+    def _emit(self, rule: Rule, dev: DeviceState, rs: RuleState, status: str, ts: float, ctx: EvalContext | None,
+              received: float | None, out: list[Transition]) -> None:
+        fl = rule.flapping
+        if fl is not None:
+            rs.flaps = [t for t in rs.flaps if t > ts - fl.window]
+            rs.flaps.append(ts)
+            if rs.flapping:
+                self.counters.suppressed_flapping += 1
+                self._timed.add((dev.device_id, rule.name))  # the tick ends flapping once calm
+                return
+            if len(rs.flaps) >= fl.max_changes:
+                rs.flapping = True
+                self._timed.add((dev.device_id, rule.name))
+                if rs.published == "firing" and status == "resolved":
+                    # Keep the alert open and say it flaps, instead of resolving it.
+                    out.append(self._transition(rule, dev, rs, "firing", ts, ctx, received))
+                    return
+        if rs.published == status:
+            return
+        out.append(self._transition(rule, dev, rs, status, ts, ctx, received))
+
+    def _flap_exit(self, rule: Rule, dev: DeviceState, rs: RuleState, ts: float, ctx: EvalContext | None,
+                   received: float | None, out: list[Transition]) -> None:
+        fl = rule.flapping
+        if fl is None:
+            rs.flapping = False
+            return
+        rs.flaps = [t for t in rs.flaps if t > ts - fl.window]
+        if len(rs.flaps) > fl.max_changes // 2:
+            return
+        rs.flapping = False
+        self.changes.append((dev.device_id, rule.name))
+        status = "firing" if rs.phase in (FIRING, CLEARING) else "resolved"
+        if status != rs.published or status == "firing":
+            out.append(self._transition(rule, dev, rs, status, ts, ctx, received))
+
+    def _values(self, rule: Rule, dev: DeviceState, rs: RuleState, ctx: EvalContext) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in rule.value_names:
+            v = ctx.metrics.get(name)
+            if isinstance(v, bool | int | float | str):
+                values[name] = v
+        for name, v in rs.params.items():
+            if isinstance(v, bool | int | float | str):
+                values[name] = v
+        for name, v in ctx.computed.items():
+            if isinstance(v, bool | int | float | str):
+                values[name] = round(v, 6) if isinstance(v, float) else v
+        return values
+
+    def _transition(self, rule: Rule, dev: DeviceState, rs: RuleState, status: str, ts: float,
+                    ctx: EvalContext | None, received: float | None) -> Transition:
+        self.counters.transitions += 1
+        rs.published = status
+        self.changes.append((dev.device_id, rule.name))
+        values = dict(rs.values)
+        if rs.flapping:
+            values["flapping"] = True
+        fields: dict[str, Any] = {**rs.params, **dev.metrics, **values, "device": dev.device_id,
+                                  "site": dev.site or "", "rule": rule.name, "device_name": dev.device_id,
+                                  "site_name": dev.site or ""}
+        if self.registry is not None:
+            reg = self.registry.device(dev.device_id)
+            fields["device_name"] = reg.name if reg is not None and reg.name else dev.device_id
+            site = self.registry.sites.get(dev.site) if dev.site else None
+            fields["site_name"] = site.name if site is not None and site.name else (dev.site or "")
+        summary = rule.summary.render(fields)
+        summary_en = rule.summary_en.render(fields)
+        if rs.flapping:
+            summary = f"[频繁抖动, 已抑制] {summary}"
+            summary_en = f"[flapping, suppressed] {summary_en}"
+        event = ctx.event if ctx is not None else None
+        from_data = ctx is not None and (ctx.sample or event is not None or ctx.status is not None)
+        source_ts = ctx.ts if from_data and ctx is not None else max(dev.last_ts, dev.event_ts)
+        if not from_data:
+            received = None
+        return Transition(
+            ts=_dt(ts), fingerprint=rule.fingerprint(dev.device_id), rule=rule.name, status=status,  # type: ignore[arg-type]
+            severity=rule.severity, kind=dev.kind, device_id=dev.device_id, site=dev.site,
+            labels=dict(rule.labels), summary=summary, summary_en=summary_en,
+            description=rule.description.render(fields), values=values, started_at=_dt(rs.started_at),
+            source_ts=_dt(source_ts) if source_ts > 0 else None,
+            received_at=received,
+            snapshot_url=event.snapshot_url if event is not None else None,
+        )
+
+    # ------------------------------------------------------------------ time
+
+    def device_time(self, dev: DeviceState, now: float) -> float:
+        """Estimated device time: its last timestamp plus the wall time since it was last heard."""
+        newest = max(dev.last_ts, dev.event_ts, dev.status_ts)
+        if newest <= 0:
+            return now
+        return newest + max(0.0, now - max(dev.seen_rx, dev.last_rx))
+
+    def tick(self, now: float) -> list[Transition]:
+        """Advance time-driven rules (absence, pending timers, event expiry, flapping) to wall time ``now``."""
+        self.counters.ticks += 1
+        if self.watch_start is None:
+            self.watch_start = now
+        out: list[Transition] = []
+        if self.registry is not None:
+            for rule in self._index.silence:
+                for device in self.registry.devices.values():
+                    if device.id not in self.devices and rule.applies_to(device.id, device.kind.value, device.site,
+                                                                         device):
+                        dev = self._device(device.id, device.kind.value, device.site)
+                        dev.last_rx = self.watch_start
+        for rule in self._index.on_tick:
+            silence = rule.watches_silence
+            for dev in (d for kind in rule.kinds for d in self._by_kind.get(Kind(kind), ())):
+                rs = dev.rules.get(rule.name)
+                if rs is None:
+                    if not silence:
+                        continue
+                    reg = self.registry.device(dev.device_id) if self.registry is not None else None
+                    if not rule.applies_to(dev.device_id, dev.kind, dev.site, reg):
+                        continue
+                    rs = dev.rules[rule.name] = RuleState(rule, self._params(rule, dev.device_id))
+                if not (rs.phase == PENDING or rs.phase == CLEARING or rs.flapping
+                        or rule.condition.wants_tick(rs.slots)
+                        or (rule.clear is not None and rule.clear.wants_tick(rs.slots))):
+                    continue  # nothing here changes with time alone
+                try:
+                    self._tick_one(rule, dev, rs, now, out)
+                except Exception as exc:
+                    self.counters.errors += 1
+                    self.last_error = exc
+        for key in list(self._timed):
+            self._tick_timer(key, now, out)
+        return out
+
+    def _tick_timer(self, key: tuple[str, str], now: float, out: list[Transition]) -> None:
+        """Promote a pending alert, resolve a clearing one, or end flapping, by the passage of time."""
+        dev_id, name = key
+        dev = self.devices.get(dev_id)
+        rule = self.rules.get(name)
+        rs = dev.rules.get(name) if dev is not None else None
+        if dev is None or rule is None or rs is None:
+            self._timed.discard(key)
+            return
+        if rule.needs_tick:
+            return  # already evaluated by the tick
+        ts = self.device_time(dev, now)
+        ctx = EvalContext(dev_id, dev.kind, ts, dev.metrics, dev.quality, rs.params, now, dev.last_rx, sample=False)
+        if rs.flapping:
+            self._flap_exit(rule, dev, rs, ts, ctx, None, out)
+        if rs.phase in (PENDING, CLEARING) and rs.signal is not None:
+            self._step(rule, dev, rs, rs.signal, ctx, None, out)
+        elif rs.phase not in (PENDING, CLEARING) and not rs.flapping:
+            self._timed.discard(key)
+
+    def _tick_one(self, rule: Rule, dev: DeviceState, rs: RuleState, now: float, out: list[Transition]) -> None:
+        ts = self.device_time(dev, now)
+        ctx = EvalContext(dev.device_id, dev.kind, ts, dev.metrics, dev.quality, rs.params, now, dev.last_rx,
+                          sample=False)
+        self.counters.evaluations += 1
+        sig = rule.condition.evaluate(ctx, rs.slots)
+        if rule.clear is not None:
+            sig = _with_clear(sig, rule.clear.evaluate(ctx, rs.slots))
+        if sig is None and rs.phase in (PENDING, CLEARING):
+            sig = rs.signal
+        self._step(rule, dev, rs, sig, ctx, None, out)
+
+    def drain_changes(self) -> list[tuple[str, str]]:
+        """(device, rule) pairs changed since the last call (deduplicated, in order)."""
+        changes, self.changes = self.changes, []
+        return list(dict.fromkeys(changes))
+
+    def firing(self) -> list[tuple[str, str]]:
+        """(device, rule) pairs whose alert is firing now."""
+        return [(d.device_id, name) for d in self.devices.values() for name, rs in d.rules.items()
+                if rs.phase in (FIRING, CLEARING)]
+
+
+def _with_clear(fire: Signal, clear: Signal) -> Signal:
+    """Combine the condition with a separate ``clear`` condition (hysteresis)."""
+    if fire == FIRE:
+        return FIRE
+    if clear == FIRE:
+        return CLEAR
+    if fire is None and clear is None:
+        return None
+    return HOLD

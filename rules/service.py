@@ -1,0 +1,264 @@
+"""The rules stage: device messages from ``DeviceIngest`` in, alert transitions out over MQTT.
+
+A thin adapter around the pure ``RuleEngine``: it feeds validated batches to the engine,
+publishes the transitions with ``publish_nowait`` (never blocks on storage or notification),
+journals state changes before the batch is acknowledged, ticks time-driven rules, writes
+snapshots, and hot-reloads rule files (polling their modification times, or on SIGHUP). A
+rule file with an error is rejected whole and its previous version keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.contracts import Channel, DeviceMessage, Transition, encode, transition_topic
+from broker.ingest import DeviceIngest
+from broker.mqtt import MqttClient
+from broker.registry import DeviceRegistry
+from rules.config import RulesConfig
+from rules.engine import RuleEngine
+from rules.loader import PACKS_DIR, load_rule_file, rule_files
+from rules.model import Rule
+from rules.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def configured_files(config: RulesConfig) -> list[Path]:
+    """The rule files a config selects now: shipped packs by name, then extra files and directories."""
+    files = [PACKS_DIR / f"{name}.yaml" for name in config.packs]
+    return files + rule_files(config.paths)
+
+
+class RuleFiles:
+    """The currently accepted version of each rule file; a broken new version is refused whole.
+
+    Directories are rescanned on every reload: a new file is loaded, a deleted one's rules are
+    removed. A named file that disappears is an error and its previous version keeps running.
+    """
+
+    def __init__(self, files: list[Path], timezone: str, config: RulesConfig | None = None) -> None:
+        self.files = files
+        self.timezone = timezone
+        self.config = config
+        self.accepted: dict[Path, list[Rule]] = {}
+        self.mtimes: dict[Path, float] = {}
+        self.errors: list[str] = []
+
+    def _rescan(self) -> bool:
+        if self.config is None:
+            return False
+        named = {PACKS_DIR / f"{n}.yaml" for n in self.config.packs} | {
+            Path(p) for p in self.config.paths if not Path(p).is_dir()}
+        current = configured_files(self.config)
+        gone = [f for f in self.files if f not in current and f not in named]
+        for f in gone:
+            self.accepted.pop(f, None)
+            self.mtimes.pop(f, None)
+        self.files = current + [f for f in self.files if f in named and f not in current]
+        return bool(gone)
+
+    def _mtime(self, path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return -1.0
+
+    def load(self, force: bool = False) -> bool:
+        """Re-read changed files; returns True when the accepted rule set changed."""
+        changed = self._rescan()
+        errors: list[str] = []
+        for path in self.files:
+            mtime = self._mtime(path)
+            if not force and self.mtimes.get(path) == mtime:
+                continue
+            self.mtimes[path] = mtime
+            rules, file_errors = load_rule_file(path, self.timezone)
+            if file_errors:
+                errors.extend(file_errors)
+                kept = "the previous version keeps running" if path in self.accepted else "no rules loaded from it"
+                log.error("rules: %s refused (%s):\n  %s", path, kept, "\n  ".join(file_errors))
+                continue
+            self.accepted[path] = rules
+            changed = True
+        names: dict[str, Path] = {}
+        for path in self.files:
+            for rule in list(self.accepted.get(path, [])):
+                if rule.name in names and names[rule.name] != path:
+                    errors.append(f"{path}:{rule.line}: rule {rule.name!r}: duplicate of a rule in {names[rule.name]}")
+                    self.accepted[path] = [r for r in self.accepted[path] if r.name != rule.name]
+                else:
+                    names[rule.name] = path
+        if errors or changed:
+            self.errors = errors
+        return changed
+
+    def rules(self) -> list[Rule]:
+        """Every accepted rule."""
+        return [r for path in self.files for r in self.accepted.get(path, [])]
+
+
+class RulesService:
+    """Runs the rules engine on the platform's device stream."""
+
+    def __init__(self, config: RulesConfig, *, mqtt: MqttClient, ingest: DeviceIngest,
+                 registry: DeviceRegistry, state_dir: Path) -> None:
+        self.config = config
+        self.mqtt = mqtt
+        self.ingest = ingest
+        self.registry = registry
+        self.files = RuleFiles(configured_files(config), config.timezone, config)
+        self.files.load(force=True)
+        self.engine = RuleEngine(self.files.rules(), registry)
+        self.store = StateStore(Path(state_dir), fsync=config.fsync_journal)
+        self.restored = self.store.restore(self.engine)
+        self.published = 0
+        self.publish_errors = 0
+        self.reloads = 0
+        self.reload_failures = 0
+        self.handler_errors = 0
+        self._reload_requested = False
+        self._last_error_log = 0.0
+        log.info("rules: %d rules from %d files, %d devices restored from %s", len(self.engine.rules),
+                 len(self.files.files), len(self.engine.devices), state_dir)
+
+    def attach(self) -> None:
+        """Register with the ingest for telemetry, events and status."""
+        self.ingest.add_consumer({Channel.TELEMETRY, Channel.EVENT, Channel.STATUS}, self.on_device_messages)
+
+    def on_device_messages(self, messages: list[DeviceMessage]) -> None:
+        """Ingest consumer: evaluate, publish transitions, journal state before the batch is acknowledged."""
+        errors = self.engine.counters.errors
+        try:
+            transitions = self.engine.process(messages, time.time())
+        except Exception:
+            # A bug must not stop the stream; the batch is still journaled below.
+            self.handler_errors += 1
+            log.exception("rules: evaluating a batch of %d messages failed", len(messages))
+            transitions = []
+        self._publish(transitions)
+        self._journal()
+        self._report_errors(errors)
+
+    def _report_errors(self, before: int) -> None:
+        """Log (at most every 10 s) that rule evaluations raised; the engine counted and skipped them."""
+        errors = self.engine.counters.errors
+        if errors > before and time.monotonic() - self._last_error_log > 10.0:
+            self._last_error_log = time.monotonic()
+            log.warning("rules: %d rule evaluations raised so far; last: %r", errors, self.engine.last_error)
+
+    def _publish(self, transitions: list[Transition]) -> None:
+        for tr in transitions:
+            try:
+                self.mqtt.publish_nowait(transition_topic(tr.kind, tr.device_id), encode(tr), qos=self.config.qos)
+                self.published += 1
+            except Exception as exc:
+                self.publish_errors += 1
+                log.warning("rules: could not publish transition %s for %s: %s", tr.rule, tr.device_id, exc)
+
+    def _journal(self) -> None:
+        try:
+            self.store.append(self.engine, self.engine.drain_changes())
+        except OSError as exc:
+            log.warning("rules: cannot write the state journal: %s", exc)
+
+    def tick(self, now: float | None = None) -> None:
+        """Advance time-driven rules and publish what they decide."""
+        errors = self.engine.counters.errors
+        self._publish(self.engine.tick(time.time() if now is None else now))
+        self._journal()
+        self._report_errors(errors)
+
+    def reload(self, force: bool = False) -> bool:
+        """Re-read changed rule files; unchanged rules keep their state. Returns True when rules changed."""
+        before = self.files.errors
+        try:
+            changed = self.files.load(force=force)
+        except Exception:
+            self.reload_failures += 1
+            log.exception("rules: reload failed; the previous rules keep running")
+            return False
+        if self.files.errors and self.files.errors is not before:
+            self.reload_failures += 1  # counted once per refused version, not on every poll
+        if not changed:
+            return False
+        self.reloads += 1
+        self._publish(self.engine.set_rules(self.files.rules(), time.time()))
+        self._journal()
+        log.info("rules: reloaded, %d rules active", len(self.engine.rules))
+        return True
+
+    def request_reload(self) -> None:
+        """Ask the run loop to reload every rule file (SIGHUP)."""
+        self._reload_requested = True
+
+    async def snapshot(self) -> None:
+        """Write a snapshot; encoding runs here, the file write in a thread."""
+        generation, data = self.store.begin_snapshot(self.engine)
+        await asyncio.to_thread(self.store.write_snapshot, generation, data)
+
+    async def run(self) -> None:
+        """Tick, snapshot and watch rule files until cancelled; snapshot on the way out."""
+        loop = asyncio.get_running_loop()
+        sighup = False
+        if self.config.reload_on_sighup:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+                loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+                sighup = True
+        last_snapshot = last_reload = time.monotonic()
+        if self.engine.orphans:
+            log.info("rules: resolving %d alerts of rules removed while stopped", len(self.engine.orphans))
+            self._publish(self.engine.orphans)
+            self.engine.orphans = []
+        try:
+            while True:
+                await asyncio.sleep(self.config.tick_interval_s)
+                try:
+                    self.tick()
+                    mono = time.monotonic()
+                    if self._reload_requested:
+                        self._reload_requested = False
+                        self.reload(force=True)
+                    elif self.config.reload_interval_s > 0 and mono - last_reload >= self.config.reload_interval_s:
+                        last_reload = mono
+                        self.reload()
+                    if mono - last_snapshot >= self.config.snapshot_interval_s:
+                        last_snapshot = mono
+                        await self.snapshot()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("rules: periodic work failed; carrying on")
+        finally:
+            if sighup:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signal.SIGHUP)
+            try:
+                self.store.save(self.engine)
+            except OSError as exc:
+                log.warning("rules: could not write the final state snapshot: %s", exc)
+            except Exception:
+                # Never let a snapshot bug turn a clean cancellation into a crash of the process.
+                log.exception("rules: the final state snapshot failed")
+            self.store.close()
+
+    def stats(self) -> dict[str, float]:
+        """Counters for the runtime's health view."""
+        c = self.engine.counters
+        out: dict[str, Any] = {
+            "rules": len(self.engine.rules), "devices": len(self.engine.devices), "messages": c.messages,
+            "evaluations": c.evaluations, "late_messages": c.late, "transitions": c.transitions,
+            "published": self.published, "publish_errors": self.publish_errors,
+            "suppressed_flapping": c.suppressed_flapping, "firing": len(self.engine.firing()),
+            "reloads": self.reloads, "reload_failures": self.reload_failures, "rule_file_errors": len(self.files.errors),
+            "handler_errors": self.handler_errors, "evaluation_errors": c.errors, "snapshots": self.store.snapshots,
+            "journal_lines": self.store.journal_lines, "restored_journal_lines": self.restored,
+        }
+        return {k: float(v) for k, v in out.items()}

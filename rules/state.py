@@ -1,0 +1,276 @@
+"""Engine state that survives a restart: periodic snapshots plus a journal of state-machine changes.
+
+- The snapshot holds everything (device clocks, latest values, every rule's state machine and
+  condition state such as windows and accumulators). It is written atomically (temporary
+  file, fsync, rename) every ``snapshot_interval_s`` and on stop.
+- The journal gets one line per (device, rule) whose state machine changed -- pending
+  started, fired, clearing, resolved -- written after every handled batch and before the
+  batch is acknowledged to the broker. Lines carry the snapshot generation they follow, so a
+  crash between writing a snapshot and truncating the journal never replays stale lines.
+
+After a restart the engine therefore knows which alerts are firing (no duplicate firing)
+and which were pending since when (no lost alert); only window samples newer than the last
+snapshot are lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from broker.contracts import Severity, Transition
+from rules.engine import CLEARING, FIRING, INACTIVE, PENDING, DeviceState, RuleEngine, RuleState
+from rules.model import Rule
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION: Final = 1
+_encoder = msgspec.json.Encoder()
+
+
+def _machine(rs: RuleState, rule: Rule | None, device_id: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "phase": rs.phase, "since": rs.since, "clear_since": rs.clear_since, "started_at": rs.started_at,
+        "signal": rs.signal, "published": rs.published, "flapping": rs.flapping, "flaps": list(rs.flaps),
+        "values": rs.values, "digest": rs.digest,
+    }
+    if rs.published == "firing" and rule is not None:
+        # Enough to resolve the alert even if the rule is gone when the engine restarts.
+        entry["alert"] = {"fingerprint": rule.fingerprint(device_id), "severity": rule.severity.value,
+                          "labels": rule.labels, "summary": rule.summary.text, "summary_en": rule.summary_en.text}
+    return entry
+
+
+def _orphan(engine: RuleEngine, dev: DeviceState, name: str, entry: dict[str, Any]) -> None:
+    """A firing alert whose rule no longer exists: resolve it rather than leave it open forever."""
+    alert = entry.get("alert")
+    if entry.get("published") != "firing" or not isinstance(alert, dict):
+        return
+    now = datetime.now(UTC)
+    try:
+        engine.orphans.append(Transition(
+            ts=now, fingerprint=str(alert["fingerprint"]), rule=name, status="resolved",
+            severity=Severity(alert["severity"]), kind=dev.kind, device_id=dev.device_id, site=dev.site,
+            labels=dict(alert.get("labels", {})), summary=str(alert.get("summary", "")),
+            summary_en=str(alert.get("summary_en", "")), description="规则已删除 / rule removed",
+            started_at=datetime.fromtimestamp(float(entry.get("started_at", 0.0)), UTC),
+        ))
+    except (KeyError, ValueError, TypeError):
+        log.warning("rules: cannot resolve the alert of removed rule %s for %s", name, dev.device_id)
+
+
+def _dump_slots(rule: Rule, rs: RuleState) -> list[Any]:
+    if not rs.slots:
+        return []
+    out: list[Any] = [None] * len(rs.slots)
+    for cond in rule.stateful_conditions:
+        if 0 <= cond.slot < len(rs.slots) and rs.slots[cond.slot] is not None:
+            out[cond.slot] = cond.dump(rs.slots[cond.slot])
+    return out
+
+
+def _load_slots(rule: Rule, raw: list[Any]) -> list[Any]:
+    slots: list[Any] = [None] * rule.slots
+    for cond in rule.stateful_conditions:
+        if 0 <= cond.slot < min(len(raw), rule.slots) and raw[cond.slot] is not None:
+            slots[cond.slot] = cond.load(raw[cond.slot])
+    return slots
+
+
+def engine_to_doc(engine: RuleEngine, generation: int) -> dict[str, Any]:
+    """The whole engine state as JSON-serialisable data."""
+    devices: dict[str, Any] = {}
+    for dev in engine.devices.values():
+        rules: dict[str, Any] = {}
+        for name, rs in dev.rules.items():
+            rule = engine.rules.get(name)
+            if rule is None:
+                continue
+            if rs.phase == INACTIVE and not rs.slots and rs.published is None and not rs.flaps:
+                continue  # nothing to remember: a fresh state is the same
+            entry = _machine(rs, rule, dev.device_id)
+            entry["slots"] = _dump_slots(rule, rs)
+            rules[name] = entry
+        devices[dev.device_id] = {
+            "kind": dev.kind, "site": dev.site, "last_ts": dev.last_ts, "last_rx": dev.last_rx,
+            "event_ts": dev.event_ts, "status_ts": dev.status_ts, "seen_rx": dev.seen_rx,
+            "metrics": dev.metrics, "quality": dev.quality, "rules": rules,
+        }
+    return {"version": FORMAT_VERSION, "generation": generation, "watch_start": engine.watch_start,
+            "devices": devices}
+
+
+def _apply_machine(engine: RuleEngine, dev: DeviceState, name: str, entry: dict[str, Any], with_slots: bool) -> None:
+    rule = engine.rules.get(name)
+    if rule is None:
+        _orphan(engine, dev, name, entry)
+        return
+    rs = dev.rules.get(name)
+    if rs is None:
+        rs = dev.rules[name] = RuleState(rule, engine._params(rule, dev.device_id))
+    same = entry.get("digest") == rule.digest
+    rs.phase = int(entry.get("phase", INACTIVE))
+    rs.since = float(entry.get("since", 0.0))
+    rs.clear_since = float(entry.get("clear_since", 0.0))
+    rs.started_at = float(entry.get("started_at", 0.0))
+    rs.signal = entry.get("signal")
+    rs.published = entry.get("published")
+    rs.flapping = bool(entry.get("flapping", False))
+    rs.flaps = [float(t) for t in entry.get("flaps", [])]
+    rs.values = dict(entry.get("values", {}))
+    rs.digest = rule.digest
+    if with_slots and same and isinstance(entry.get("slots"), list):
+        rs.slots = _load_slots(rule, entry["slots"])
+    if not same:
+        # Changed while down: conditions start afresh, a firing alert stays firing.
+        rs.slots = [None] * rule.slots
+        if rs.phase == PENDING:
+            rs.phase = INACTIVE
+        elif rs.phase == CLEARING:
+            rs.phase = FIRING
+    if rs.phase in (PENDING, CLEARING) or rs.flapping:
+        engine._timed.add((dev.device_id, name))
+
+
+def engine_from_doc(engine: RuleEngine, doc: dict[str, Any]) -> int:
+    """Load a snapshot into a fresh engine (rules already set); returns the generation."""
+    engine.watch_start = doc.get("watch_start")
+    for device_id, d in doc.get("devices", {}).items():
+        dev = engine._device(device_id, d["kind"], d.get("site"))
+        dev.last_ts = float(d.get("last_ts", 0.0))
+        dev.event_ts = float(d.get("event_ts", 0.0))
+        dev.status_ts = float(d.get("status_ts", 0.0))
+        dev.seen_rx = float(d.get("seen_rx", 0.0))
+        dev.last_rx = float(d.get("last_rx", 0.0))
+        dev.metrics.update(d.get("metrics", {}))
+        dev.quality.update(d.get("quality", {}))
+        for name, entry in d.get("rules", {}).items():
+            _apply_machine(engine, dev, name, entry, with_slots=True)
+    return int(doc.get("generation", 0))
+
+
+class StateStore:
+    """Snapshot and journal files in the service's state directory.
+
+    Journals are named by the snapshot generation they follow (``rules-journal-7.jsonl``);
+    restoring loads the snapshot of generation G and replays the journals of G and later,
+    so a crash while a snapshot is being written loses nothing.
+    """
+
+    def __init__(self, directory: Path, fsync: bool = False) -> None:
+        self.directory = directory
+        self.snapshot_path = directory / "rules-state.json"
+        self.fsync = fsync
+        self.generation = 0
+        self._journal: Any = None
+        self.snapshots = 0
+        self.journal_lines = 0
+
+    def journal_path(self, generation: int) -> Path:
+        """The journal that follows snapshot ``generation``."""
+        return self.directory / f"rules-journal-{generation}.jsonl"
+
+    def _journals(self) -> list[tuple[int, Path]]:
+        found = []
+        for p in self.directory.glob("rules-journal-*.jsonl"):
+            with contextlib.suppress(ValueError):
+                found.append((int(p.stem.rsplit("-", 1)[1]), p))
+        return sorted(found)
+
+    def restore(self, engine: RuleEngine) -> int:
+        """Load the snapshot and replay the journals; returns the number of journal lines replayed."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.snapshot_path.exists():
+            try:
+                doc = msgspec.json.decode(self.snapshot_path.read_bytes())
+                self.generation = engine_from_doc(engine, doc)
+            except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+                log.warning("rules: state snapshot %s is unreadable (%s); starting from the journals only",
+                            self.snapshot_path, exc)
+        replayed = 0
+        for gen, path in self._journals():
+            if gen < self.generation:
+                continue
+            self.generation = max(self.generation, gen)
+            for raw in path.read_bytes().splitlines():
+                try:
+                    line = msgspec.json.decode(raw)
+                except msgspec.DecodeError:
+                    continue  # a torn last line after a crash
+                if not isinstance(line, dict) or "d" not in line or "r" not in line:
+                    continue
+                dev = engine._device(line["d"], line["k"], line.get("s"))
+                dev.last_ts = max(dev.last_ts, float(line.get("ts", 0.0)))
+                dev.event_ts = max(dev.event_ts, float(line.get("ets", 0.0)))
+                dev.last_rx = max(dev.last_rx, float(line.get("rx", 0.0)))
+                if line.get("m") is None:
+                    dev.rules.pop(line["r"], None)
+                else:
+                    _apply_machine(engine, dev, line["r"], line["m"], with_slots=False)
+                replayed += 1
+        return replayed
+
+    def append(self, engine: RuleEngine, changes: list[tuple[str, str]]) -> None:
+        """Journal the state machines of the changed (device, rule) pairs."""
+        if not changes:
+            return
+        if self._journal is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._journal = open(self.journal_path(self.generation), "ab")  # noqa: SIM115 - kept open
+        lines = []
+        for device_id, name in changes:
+            dev = engine.devices.get(device_id)
+            if dev is None:
+                continue
+            rs = dev.rules.get(name)
+            machine = _machine(rs, engine.rules.get(name), device_id) if rs is not None else None
+            lines.append(_encoder.encode({
+                "d": device_id, "k": dev.kind, "s": dev.site, "r": name,
+                "ts": dev.last_ts, "ets": dev.event_ts, "rx": dev.last_rx, "m": machine,
+            }))
+        self._journal.write(b"\n".join(lines) + b"\n")
+        self._journal.flush()
+        if self.fsync:
+            os.fsync(self._journal.fileno())
+        self.journal_lines += len(lines)
+
+    def begin_snapshot(self, engine: RuleEngine) -> tuple[int, bytes]:
+        """Encode the state now (in the engine's thread) and start the next journal generation."""
+        generation = self.generation + 1
+        data = _encoder.encode(engine_to_doc(engine, generation))
+        self.close()
+        self.generation = generation
+        return generation, data
+
+    def write_snapshot(self, generation: int, data: bytes) -> None:
+        """Write an encoded snapshot atomically (may run in a thread), then drop older journals."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.snapshot_path.with_suffix(".json.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.snapshot_path)
+        self.snapshots += 1
+        for gen, path in self._journals():
+            if gen < generation:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+    def save(self, engine: RuleEngine) -> None:
+        """Snapshot synchronously (used on stop and in tests)."""
+        generation, data = self.begin_snapshot(engine)
+        self.write_snapshot(generation, data)
+
+    def close(self) -> None:
+        """Close the journal file."""
+        if self._journal is not None:
+            with contextlib.suppress(OSError):
+                self._journal.close()
+            self._journal = None
