@@ -76,6 +76,19 @@ def proc_sample(pid: int) -> tuple[float, int]:
     return cpu, rss
 
 
+OTHERS: dict[str, int] = {}
+"""Other server processes whose CPU share is reported beside the platform's (name -> pid)."""
+
+
+def others_cpu() -> dict[str, float]:
+    return {name: proc_sample(pid)[0] for name, pid in OTHERS.items()}
+
+
+def others_share(before: dict[str, float], seconds: float) -> str:
+    after = others_cpu()
+    return ", ".join(f"{name} {(after[name] - before[name]) / seconds * 100:.0f}%" for name in OTHERS)
+
+
 def influx_count(url: str, query: str) -> int:
     q = urllib.parse.urlencode({"db": "vigil", "q": query})
     with urllib.request.urlopen(f"{url}/query?{q}", timeout=30) as resp:
@@ -113,6 +126,8 @@ async def main() -> None:
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--probes", type=int, default=100)
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--capacity-messages", type=int, default=200_000,
+                    help="messages queued while the platform is stopped, then drained (0 skips)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -139,6 +154,8 @@ async def main() -> None:
         probe_ids = [f"probe-{i:04d}" for i in range(args.probes)]
         (tmp / "probe.yaml").write_text(PROBE_RULE.format(devices=", ".join(probe_ids)))
         with running_mosquitto(tmp / "mosquitto", registry) as broker:
+            assert broker.proc is not None and influx.proc is not None
+            OTHERS.update({"mosquitto": broker.proc.pid, "influxd": influx.proc.pid})
             plat_url = f"mqtt://vigil-platform:bench-platform@127.0.0.1:{broker.port}"
             sim_url = f"mqtt://vigil-simulator:bench-sim@127.0.0.1:{broker.port}"
             config = {
@@ -157,14 +174,19 @@ async def main() -> None:
                 },
             }
             (tmp / "vigil.yaml").write_text(yaml.safe_dump(config))
-            platform = subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(tmp / "vigil.yaml")],
-                                        stderr=(tmp / "platform.log").open("w"))
+            def start_platform() -> subprocess.Popen[bytes]:
+                return subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(tmp / "vigil.yaml")],
+                                        stderr=(tmp / "platform.log").open("a"))
+
+            platform = start_platform()
             await asyncio.sleep(4)
             print(f"machine: {os.cpu_count()} cores; Mosquitto {broker.url}; InfluxDB 1.6 {influx.url}; "
                   f"platform pid {platform.pid}")
             try:
                 if not args.skip_ingest:
                     await ingest_phase(args, sim_url, influx.url, platform.pid)
+                if args.capacity_messages:
+                    platform = await capacity_phase(args, sim_url, influx.url, platform, start_platform)
                 await latency_phase(args, sim_url, plat_url, probe_ids, received, platform.pid, tmp / "state")
             finally:
                 platform.terminate()
@@ -181,6 +203,7 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
     print(f"\n[ingest] {args.devices} devices x {args.rate} Hz = {target:,.0f} msg/s target, QoS 1, "
           f"{args.duration:.0f} s, {args.publishers} publisher processes")
     cpu0, _ = proc_sample(pid)
+    o0 = others_cpu()
     t0 = time.time()
     out = run_fleets(sim_url, args.devices, args.rate, args.duration, args.publishers, "ing")
     rss_peak = 0
@@ -192,6 +215,7 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
     pub_time = max(r[1] for r in results)
     cpu1, _ = proc_sample(pid)
     pub_done = time.time()
+    others_while_publishing = others_share(o0, pub_done - t0)
     query = "SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^ing/"
     landed = 0
     while time.time() - pub_done < 180:
@@ -206,6 +230,40 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
           f"{done - pub_done:.1f} s after the last publish; end-to-end {landed / (done - t0):,.0f} points/s")
     print(f"  platform CPU while publishing: {(cpu1 - cpu0) / pub_time * 100:.0f}% of one core; "
           f"total CPU {cpu2 - cpu0:.1f} s; RSS peak {rss_peak / 2**20:.0f} MiB, at end {rss / 2**20:.0f} MiB")
+    print(f"  other servers while publishing: {others_while_publishing} (the publishers take the rest)")
+
+
+async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str, platform: subprocess.Popen[bytes],
+                         start_platform: Any) -> subprocess.Popen[bytes]:
+    """The platform's own capacity: queue messages in its persistent session while it is stopped,
+    then start it and time the drain into InfluxDB, with the load generators no longer competing."""
+    platform.terminate()
+    platform.wait(60)
+    seconds = args.capacity_messages / (args.devices * args.rate)
+    print(f"\n[capacity] platform stopped; {args.capacity_messages:,} messages queued in its session by the fleet")
+    out = run_fleets(sim_url, args.devices, args.rate, seconds, args.publishers, "cap")
+    results = [await asyncio.to_thread(out.get, True, 600) for _ in range(args.publishers)]
+    published = sum(r[0] for r in results)
+    query = "SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^cap/"
+    t0 = time.time()
+    o0 = others_cpu()
+    platform = start_platform()
+    cpu0 = 0.0
+    landed = 0
+    while time.time() - t0 < 600:
+        await asyncio.sleep(0.5)
+        if platform.poll() is None:
+            cpu0 = max(cpu0, proc_sample(platform.pid)[0])
+        landed = await asyncio.to_thread(influx_count, influx_url, query)
+        if landed >= published:
+            break
+    took = time.time() - t0
+    others = others_share(o0, took)
+    print(f"  {landed:,} of {published:,} landed {took:.1f} s after the platform started (includes its start-up): "
+          f"{landed / took:,.0f} msg/s; platform CPU {cpu0:.1f} s = {cpu0 / took * 100:.0f}% of one core, "
+          f"{cpu0 / max(landed, 1) * 1e6:.0f} µs of CPU per message; meanwhile {others}")
+    await asyncio.sleep(2)
+    return platform
 
 
 async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, probe_ids: list[str],

@@ -118,8 +118,8 @@ class MqttError(Exception):
 class MqttClient:
     """An asyncio MQTT 5 client with batched, acknowledged-after-handling delivery."""
 
-    READ_BURST = 2000
-    """Most packets read per wake-up (one batch for the handlers)."""
+    READ_BURST = 256
+    """Most packets read per wake-up: one batch for the handlers, so the loop is never held for long."""
 
     def __init__(
         self,
@@ -342,7 +342,7 @@ class MqttClient:
         handlers = self._route(msg.topic)
         if not handlers:
             return
-        message = Message(msg.topic, msg.payload, msg.qos, bool(msg.retain), time.time())
+        message = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.time())
         for handler in handlers:
             batch = self._batch.get(handler)
             if batch is None:
@@ -511,7 +511,7 @@ class MqttClient:
         if self.address.protocol != 5:
             self._client.connect(self.address.host, self.address.port, keepalive=self._keepalive)
             return
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0 if self._clean_start else self._session_expiry
         self._client.connect(
             self.address.host, self.address.port, keepalive=self._keepalive,

@@ -3,7 +3,9 @@
 Cameras are spread over worker processes (analysis is CPU work; each camera is a thread
 inside its worker, and OpenCV releases the GIL while it decodes and filters). Workers send
 their outputs to this process, which publishes them over MQTT: events and telemetry per
-camera, and a retained status whose MQTT last will says offline.
+camera, and a retained status whose MQTT last will says offline. With a data folder
+(``--data-dir``) each camera publishes through an ``edge.runtime.EdgeLink`` instead: events and
+telemetry wait in a durable outbox while the broker is unreachable and go out in order after.
 
 Usage:
     vigil edge camera --source SRC --camera-id ID --mqtt URL [--config FILE]
@@ -23,9 +25,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -53,6 +57,7 @@ from edge.camera.events import (
 from edge.camera.evidence import EvidenceStore
 from edge.camera.runner import AgentOutput, CameraRunner, EventOutput, StatusOutput, TelemetryOutput
 from edge.camera.source import mask_url
+from edge.runtime import EdgeIdentity, EdgeLink, EdgeLinkError, OutboxError
 
 log = logging.getLogger("vigil.camera_agent")
 AGENT_NAME = "vigil-camera-agent"
@@ -186,7 +191,8 @@ class CameraAgent:
     """Runs the cameras and publishes their outputs over MQTT until they end or ``stop()``."""
 
     def __init__(self, cameras: Sequence[CameraConfig], mqtt_url: str, evidence: EvidenceSettings,
-                 workers: int | None = None) -> None:
+                 workers: int | None = None, *, data_dir: str | Path | None = None, linger_s: float = 10.0) -> None:
+        """``data_dir`` gives per-camera outboxes; ``linger_s`` waits at the end for the broker to take them."""
         if not cameras:
             raise ConfigError("camera agent", "no camera configured (give --source and --camera-id or a config)")
         self.cameras = list(cameras)
@@ -194,30 +200,64 @@ class CameraAgent:
         self.evidence = evidence
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         self.published = 0
+        self.publish_failures = 0
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.linger_s = linger_s
+        self.links: dict[str, EdgeLink] = {}
+        """Per-camera links while running with ``data_dir`` (for health figures and tests)."""
         self._stop_requested = threading.Event()
+        self._stop_called = False
 
     def stop(self) -> None:
         """Ask every camera to finish (open events are closed and published)."""
+        self._stop_called = True
         self._stop_requested.set()
 
     async def run(self) -> None:
         """Connect, run the cameras, publish everything, disconnect.
 
         Raises:
-            MqttError: the broker cannot be reached at start.
+            MqttError: the broker cannot be reached at start (without ``data_dir``).
+            EdgeLinkError: a camera's outbox folder is unusable or in use (with ``data_dir``).
         """
+        if self.data_dir is not None:
+            await self._run_linked(self.data_dir)
+            return
         clients: dict[str, MqttClient] = {}
         try:
             for cam in self.cameras:
                 client = MqttClient(self.mqtt_url, f"vigil-camera-{cam.id}", will=offline_will(cam.id))
                 await client.start()
                 clients[cam.id] = client
-            await self._run(clients)
+            await self._run(partial(self._publish, clients))
         finally:
             for client in clients.values():
                 await client.stop()
 
-    async def _run(self, clients: dict[str, MqttClient]) -> None:
+    async def _run_linked(self, data_dir: Path) -> None:
+        # One link per camera: each keeps its own identity, retained status, last will and outbox.
+        try:
+            for cam in self.cameras:
+                identity = EdgeIdentity.for_device(Kind.CAMERA, cam.id, agent=AGENT_NAME)
+                link = EdgeLink(self.mqtt_url, identity, data_dir / cam.id)
+                self.links[cam.id] = link
+                await link.start()
+            await self._run(self._publish_linked)
+            if not self._stop_called:
+                deadline = time.monotonic() + self.linger_s
+                for link in self.links.values():
+                    if len(link.outbox) and await link.wait_connected(max(0.0, deadline - time.monotonic())):
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                                await link.flush()
+        finally:
+            for cam_id, link in self.links.items():
+                await link.stop()
+                left = link.outbox.appended - link.outbox.delivered - link.outbox.dropped
+                if left > 0:
+                    log.warning("camera %s: %d message(s) left in the outbox for the next start", cam_id, left)
+
+    async def _run(self, publish: Callable[[AgentOutput], Awaitable[None]]) -> None:
         if self.workers == 0:
             out: Any = queue.Queue(QUEUE_SIZE)
             th = threading.Thread(target=run_cameras, name="cameras",
@@ -246,7 +286,7 @@ class CameraAgent:
                     if not alive():
                         break
                     continue
-                await self._publish(clients, output)
+                await publish(output)
         finally:
             stop_all()
             self._stop_requested.set()
@@ -256,7 +296,7 @@ class CameraAgent:
                 output = out.get_nowait()
             except queue.Empty:
                 break
-            await self._publish(clients, output)
+            await publish(output)
 
     async def _publish(self, clients: dict[str, MqttClient], output: AgentOutput) -> None:
         client = clients.get(output.camera_id)
@@ -265,10 +305,32 @@ class CameraAgent:
         topic, payload, retain = to_message(output)
         await client.publish(topic, payload, qos=1, retain=retain)
         self.published += 1
-        if isinstance(output, EventOutput):
-            ev = output.event
-            log.info("camera %s: %s %s%s measure=%s", output.camera_id, ev.type, ev.state,
-                     f" zone={ev.zone}" if ev.zone else "", ev.measure)
+        _log_event(output)
+
+    async def _publish_linked(self, output: AgentOutput) -> None:
+        link = self.links.get(output.camera_id)
+        if link is None:
+            return
+        if isinstance(output, StatusOutput):
+            # The link's retained status bypasses the outbox: only the latest truth is ever sent.
+            link.set_online(output.online, output.reason)
+        else:
+            topic, payload, _ = to_message(output)
+            try:
+                link.publish(topic, payload)
+            except (OutboxError, ValueError) as exc:
+                self.publish_failures += 1
+                log.warning("camera %s: cannot queue %s: %s", output.camera_id, topic, exc)
+                return
+        self.published += 1
+        _log_event(output)
+
+
+def _log_event(output: AgentOutput) -> None:
+    if isinstance(output, EventOutput):
+        ev = output.event
+        log.info("camera %s: %s %s%s measure=%s", output.camera_id, ev.type, ev.state,
+                 f" zone={ev.zone}" if ev.zone else "", ev.measure)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -286,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-time", help="RFC 3339 wall-clock time of a file's first frame")
     p.add_argument("--workers", type=int, help="worker processes (0 = in-process; default one per core)")
     p.add_argument("--evidence-dir", help="snapshot folder (overrides the config)")
+    p.add_argument("--data-dir", help="outbox folder (one sub-folder per camera): queue events on disk while the "
+                   "broker is unreachable (or `data_dir` in the config; default: publish directly)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -326,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             evidence = EvidenceSettings(**{**{f: getattr(evidence, f) for f in evidence.__struct_fields__},
                                            "dir": args.evidence_dir})
         workers = args.workers if args.workers is not None else agent_cfg.workers
-        agent = CameraAgent(cameras, mqtt_url, evidence, workers)
+        agent = CameraAgent(cameras, mqtt_url, evidence, workers, data_dir=args.data_dir or agent_cfg.data_dir)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -342,7 +406,7 @@ async def _serve(agent: CameraAgent) -> int:
             loop.add_signal_handler(sig, agent.stop)
     try:
         await agent.run()
-    except MqttError as exc:
+    except (MqttError, EdgeLinkError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

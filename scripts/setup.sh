@@ -11,7 +11,7 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 packages=(python3 python3-venv python3-pip mosquitto mosquitto-clients influxdb victoria-metrics)
-if [ "$want_test" -eq 1 ]; then packages+=(chromium); fi
+if [ "$want_test" -eq 1 ]; then packages+=(chromium openssl fonts-wqy-microhei); fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -131,13 +131,15 @@ async def run_platform(platform: Platform, stop: asyncio.Event,
             tasks.append(tg.create_task(write_stats_periodically(platform, stats_path), name="stats"))
             if on_started is not None:
                 on_started(platform)
-            waiter = tg.create_task(stop.wait(), name="stop-waiter")
+            waiter: asyncio.Task[Any] = tg.create_task(stop.wait(), name="stop-waiter")
             await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            for task in [waiter, *tasks]:
-                task.cancel()
+                if task.done() and not task.cancelled():
+                    error = task.exception()
+                    if error is not None:
+                        raise error
+            for other in [waiter, *tasks]:
+                other.cancel()
     finally:
         await platform.mqtt.stop()
 

@@ -122,7 +122,7 @@ class CrowdDetector:
         self.series = EventSeries(camera_id, CROWD, zone.name, settings.on_after_s, settings.off_after_s)
 
     def estimate(self, motion: MotionResult, tracks: list[Track], t: float) -> tuple[int, float]:
-        """People in the zone and the share of the zone covered by foreground.
+        """People in the zone by motion regions, and the share of the zone covered by foreground.
 
         Each moving region standing in the zone counts as one person, or as several when its area
         is a multiple of a person's (people close together merge into one region); the tracker's
@@ -131,19 +131,29 @@ class CrowdDetector:
         px = moving_pixels(self.zone, motion)
         by_area = sum(max(1, round(b.area / self.settings.person_area))
                       for b in motion.blobs if self.zone.contains(*b.box.foot))
-        in_zone = sum(1 for tr in tracks if tr.last_seen == t and self.zone.contains(*tr.foot))
-        return max(in_zone, by_area), px / self.zone.area
+        return max(self._tracked(tracks, t), by_area), px / self.zone.area
 
-    def update(self, t: float, motion: MotionResult, tracks: list[Track]) -> CameraEvent | None:
-        """Feed one analysed frame."""
+    def _tracked(self, tracks: list[Track], t: float) -> int:
+        return sum(1 for tr in tracks if tr.last_seen == t and self.zone.contains(*tr.foot))
+
+    def update(self, t: float, motion: MotionResult, tracks: list[Track],
+               detected: int | None = None) -> CameraEvent | None:
+        """Feed one analysed frame; ``detected`` is a fresh HOG person count for the zone, if there is one.
+
+        With a HOG count the people are the detector's, with the tracker's count as a floor (people
+        pressed together hide each other from it); without one they are estimated from motion regions.
+        """
         people, occupancy = self.estimate(motion, tracks, t)
+        method = "motion"
+        if detected is not None:
+            people, method = max(detected, self._tracked(tracks, t)), "hog"
         s = self.settings
         crowded = (s.min_people is not None and people >= s.min_people) or (
             s.min_occupancy is not None and occupancy >= s.min_occupancy)
         measure = float(people) if s.min_people is not None else round(occupancy, 3)
         boxes = boxes_in_zone(self.zone, motion, self._factor) if crowded else ()
         return self.series.update(t, crowded, measure, boxes, f"crowd in zone {self.zone.name}: about {people}",
-                                  {"people": people, "occupancy": round(occupancy, 3)})
+                                  {"people": people, "occupancy": round(occupancy, 3), "count_method": method})
 
 
 class LineCrossingDetector:

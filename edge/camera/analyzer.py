@@ -7,11 +7,18 @@ import math
 import cv2
 import numpy as np
 
-from edge.camera.analytics import CrowdDetector, IntrusionDetector, LineCrossingDetector, LoiteringDetector
+from edge.camera.analytics import (
+    CrowdDetector,
+    IntrusionDetector,
+    LineCrossingDetector,
+    LoiteringDetector,
+    moving_pixels,
+)
 from edge.camera.config import CameraSettings
 from edge.camera.events import CameraEvent, EventSeries
 from edge.camera.health import HealthMonitor, VideoLossDetector
 from edge.camera.motion import Gray, MotionDetector, MotionResult
+from edge.camera.people import PeopleCounter
 from edge.camera.tracker import CentroidTracker
 from edge.camera.zones import FrameScale, Schedule, Tripwire, Zone, analysis_mask
 
@@ -52,6 +59,8 @@ class CameraAnalyzer:
                           for z in self.zones if z.config.loitering is not None]
         self.crowd = [CrowdDetector(camera_id, z, z.config.crowd, self.scale)
                       for z in self.zones if z.config.crowd is not None]
+        self.people = PeopleCounter.for_zones([c.zone for c in self.crowd], source_size, settings.people_interval_s)
+        """HOG person counts for crowd zones; None when OpenCV lacks HOG or people are too small."""
         self.lines = [LineCrossingDetector(camera_id, Tripwire(line)) for line in settings.lines]
         self.last_motion: MotionResult | None = None
         self.last_gray: Gray | None = None
@@ -74,6 +83,8 @@ class CameraAnalyzer:
             events += self._stop_zones(t, "camera fault")
             self.motion.reset()
             self.tracker.clear()
+            if self.people is not None:
+                self.people.reset()
             self.last_motion = None
             return events
         motion = self.motion.update(gray)
@@ -90,8 +101,11 @@ class CameraAnalyzer:
             ev = loiter.update(t, remembered)
             if ev:
                 events.append(ev)
+        if self.people is not None:
+            self.people.update(t, frame, {c.zone.name for c in self.crowd if moving_pixels(c.zone, motion)})
         for crowd in self.crowd:
-            ev = crowd.update(t, motion, live)
+            hog = self.people.count(crowd.zone.name, t) if self.people is not None else None
+            ev = crowd.update(t, motion, live, None if hog is None else hog.people)
             if ev:
                 events.append(ev)
         for line in self.lines:
@@ -105,6 +119,8 @@ class CameraAnalyzer:
             return []
         self.motion.reset()
         self.tracker.clear()
+        if self.people is not None:
+            self.people.reset()
         return [ev, *self._stop_zones(t, "video loss")]
 
     def close(self, t: float) -> list[CameraEvent]:

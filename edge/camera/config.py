@@ -63,6 +63,10 @@ class CrowdSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     """Share of the zone covered by foreground; an alternative to counting people."""
     person_area: PositiveFloat = 1200.0
     """Typical foreground area of one person in source-frame pixels (for people estimates)."""
+    person_height: PositiveFloat | None = None
+    """Typical height of a person standing in the zone, source pixels; default estimated from ``person_area``."""
+    count_method: Literal["auto", "motion"] = "auto"
+    """``auto``: HOG people detector where OpenCV ships it and people are tall enough, else motion regions."""
     on_after_s: NonNegFloat = 5.0
     off_after_s: NonNegFloat = 5.0
 
@@ -144,6 +148,8 @@ class CameraSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     tracker: TrackerSettings = TrackerSettings()
     health: HealthSettings = HealthSettings()
     telemetry_interval_s: PositiveFloat = 10.0
+    people_interval_s: PositiveFloat = 1.0
+    """Source seconds between two runs of the HOG people detector on this camera's crowd zones."""
 
 
 class CameraConfig(CameraSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -175,6 +181,8 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     workers: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
     """Worker processes; default one per core, at most one per camera; 0 runs cameras in-process."""
     evidence: EvidenceSettings = EvidenceSettings()
+    data_dir: str | None = None
+    """Outbox folder (one sub-folder per camera): publish through ``EdgeLink`` (store-and-forward)."""
     camera: dict[str, Any] = {}
     """Defaults applied to every camera (any ``CameraSettings`` key)."""
     cameras: list[dict[str, Any]] = []

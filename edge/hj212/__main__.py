@@ -9,9 +9,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -19,11 +20,13 @@ from zoneinfo import ZoneInfo
 import msgspec
 import yaml
 
-from broker.contracts import Kind
+from broker.contracts import DEVICE_ID_PATTERN, Kind
 from edge.hj212.codec import MAX_DATA_LENGTH
 from edge.hj212.gateway import (
+    STAGE,
     Hj212Counters,
     Hj212Gateway,
+    PublishFn,
     ServerLimits,
     SessionPolicy,
     dead_letter_publisher,
@@ -52,6 +55,10 @@ class Hj212GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     dead_letter: bool = True
     publish_status: bool = True
     stats_interval_s: float = 60.0
+    data_dir: str | None = None
+    """Outbox folder: when set, publish through ``edge.runtime.EdgeLink`` (store-and-forward on disk)."""
+    gateway_name: str = "hj212"
+    """Gateway identity with ``data_dir`` (client id ``vigil-gw-{name}``, status ``vigil/v1/gateways/{name}/status``)."""
 
     def listen_address(self) -> tuple[str, int]:
         """``listen`` split into host and port.
@@ -94,6 +101,8 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Hj212GatewayConf
         raise ConfigError(f"{source}: {exc}") from None
     if not 0 < config.max_data_length <= 9999:
         raise ConfigError(f"{source}: max_data_length: must be 1..9999")
+    if not re.match(DEVICE_ID_PATTERN, config.gateway_name):
+        raise ConfigError(f"{source}: gateway_name: must match {DEVICE_ID_PATTERN}")
     return config
 
 
@@ -116,6 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not publish refused frames on vigil/v1/deadletter/edge-hj212")
     parser.add_argument("--no-status", dest="publish_status", action="store_const", const=False,
                         help="do not publish per-logger online/offline status")
+    parser.add_argument("--data-dir", dest="data_dir", help="outbox folder: queue telemetry on disk while the "
+                        "broker is unreachable and deliver it in order (default: publish directly)")
+    parser.add_argument("--gateway-name", dest="gateway_name",
+                        help="gateway identity with --data-dir (default hj212)")
 
 
 def config_from_args(args: argparse.Namespace) -> Hj212GatewayConfig:
@@ -148,11 +161,26 @@ class RegistryDevicePasswords:
         return device.site if device is not None else None
 
 
+@contextlib.asynccontextmanager
+async def open_publisher(config: Hj212GatewayConfig) -> AsyncIterator[PublishFn]:
+    """The gateway's publish sink: ``MqttClient.publish``, or an ``EdgeLink`` outbox with ``data_dir``."""
+    if config.data_dir is None:
+        from broker.mqtt import MqttClient  # the shared MQTT layer; imported here to keep the core importable alone
+
+        async with MqttClient(config.mqtt, config.client_id) as mqtt:
+            yield mqtt.publish
+        return
+    from edge.runtime.identity import EdgeIdentity
+    from edge.runtime.sink import link_publisher
+
+    identity = EdgeIdentity.for_gateway(config.gateway_name, agent=STAGE)
+    async with link_publisher(config.mqtt, identity, Path(config.data_dir)) as sink:
+        yield sink.publish
+
+
 async def serve(config: Hj212GatewayConfig, *, stop: asyncio.Event | None = None,
                 bound: Callable[[str, int], None] | None = None) -> Hj212Counters:
     """Run the gateway with its MQTT client until ``stop`` is set (or cancelled); returns the counters."""
-    from broker.mqtt import MqttClient  # the shared MQTT layer; imported here to keep the core importable alone
-
     passwords: RegistryDevicePasswords | None = None
     if config.registry is not None:
         from broker.registry import DeviceRegistry
@@ -161,10 +189,10 @@ async def serve(config: Hj212GatewayConfig, *, stop: asyncio.Event | None = None
     policy = SessionPolicy(config.accept_unknown_devices, config.max_data_length, config.split_timeout_s,
                            ZoneInfo(config.timezone))
     limits = ServerLimits(config.idle_timeout_s, config.max_connections, publish_status=config.publish_status)
-    async with MqttClient(config.mqtt, config.client_id) as mqtt:
-        gateway = Hj212Gateway(mqtt.publish, policy=policy, limits=limits, passwords=passwords,
+    async with open_publisher(config) as publish:
+        gateway = Hj212Gateway(publish, policy=policy, limits=limits, passwords=passwords,
                                sites=passwords.site if passwords is not None else None,
-                               dead_letter=dead_letter_publisher(mqtt.publish) if config.dead_letter else None)
+                               dead_letter=dead_letter_publisher(publish) if config.dead_letter else None)
         host, port = await gateway.start(*config.listen_address())
         if bound is not None:
             bound(host, port)

@@ -374,6 +374,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--queue-limit", type=int, default=10_000, help="publications queued before reading pauses")
     p.add_argument("--telemetry-qos", type=int, choices=(0, 1), default=1,
                    help="MQTT QoS of positions (events and dead letters are always QoS 1)")
+    p.add_argument("--data-dir", metavar="DIR", help="outbox folder: queue messages on disk while the broker is "
+                   "unreachable and deliver them in order, all QoS 1 (default: publish directly)")
+    p.add_argument("--gateway-name", default="jt808", help="gateway identity with --data-dir (default jt808)")
     return p
 
 
@@ -406,13 +409,24 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
     dl_topic = dead_letter_topic(STAGE)
     telemetry_qos: int = args.telemetry_qos
     try:
-        async with MqttClient(args.mqtt, args.client_id) as mqtt:
-            async def publish(topic: str, payload: bytes, *, retain: bool = False) -> None:
-                qos = telemetry_qos if topic.endswith("/telemetry") else 1
-                await mqtt.publish(topic, payload, qos=qos, retain=retain)
+        async with contextlib.AsyncExitStack() as stack:
+            publish: PublishSink
+            if getattr(args, "data_dir", None):
+                from edge.runtime.identity import EdgeIdentity
+                from edge.runtime.sink import link_publisher
+
+                identity = EdgeIdentity.for_gateway(args.gateway_name, agent=STAGE)
+                sink = await stack.enter_async_context(link_publisher(args.mqtt, identity, Path(args.data_dir)))
+                publish = sink.publish
+            else:
+                mqtt = await stack.enter_async_context(MqttClient(args.mqtt, args.client_id))
+
+                async def publish(topic: str, payload: bytes, *, retain: bool = False) -> None:
+                    qos = telemetry_qos if topic.endswith("/telemetry") else 1
+                    await mqtt.publish(topic, payload, qos=qos, retain=retain)
 
             async def dead_letter(letter: DeadLetter) -> None:
-                await mqtt.publish(dl_topic, encode(letter))
+                await publish(dl_topic, encode(letter))
 
             limits = GatewayLimits(idle_timeout_s=args.idle_timeout, queue_limit=args.queue_limit)
             gateway = Jt808Gateway(platform, publish, dead_letter=dead_letter, limits=limits)
@@ -442,12 +456,13 @@ def run(args: argparse.Namespace) -> int:
         log.error("jt808: registry file %s does not exist", args.registry)
         return 2
     from broker.mqtt import MqttError
+    from edge.runtime import EdgeLinkError, IdentityError
 
     try:
         asyncio.run(serve(args))
     except KeyboardInterrupt:
         pass
-    except (OSError, MqttError) as exc:
+    except (OSError, MqttError, EdgeLinkError, IdentityError) as exc:
         log.error("jt808: %s", exc)
         return 1
     return 0

@@ -126,8 +126,9 @@ def test_crowd_needs_level_for_duration() -> None:
         blobs = group if 10 <= i < 40 else few
         ev = det.update(i / 5, motion(*blobs), [])
         if ev:
-            events.append((ev.state, round(ev.ts, 1), ev.measure))
-    assert events == [("start", 2.0, 5.0), ("end", 8.0, 5.0)]
+            events.append((ev.state, round(ev.ts, 1), ev.measure, ev.data.get("count_method")))
+    assert [e[:3] for e in events] == [("start", 2.0, 5.0), ("end", 8.0, 5.0)]
+    assert events[0][3] == "motion"
 
 
 def test_crowd_by_occupancy() -> None:
@@ -156,3 +157,18 @@ def test_line_crossing_direction_filter_and_cooldown() -> None:
     # The same track wobbling back over the line within the cooldown is not a new crossing.
     assert gate.update(1.4, [track(1, (170.0, 100.0), (155.0, 100.0), 1.4)]) == []
     assert all(e.state == "instant" and e.zone == "gate" and e.boxes for e in got)
+
+
+def test_crowd_takes_a_detector_count_with_the_tracks_as_floor() -> None:
+    zone = Zone.build(YARD, SCALE, KEEP)
+    settings = CrowdSettings(min_people=3, person_area=384, on_after_s=0.0)
+    two = (person(200, 100), person(260, 150))
+    tracks = [Track(k + 1, b.box, 0.0, 0.0) for k, b in enumerate(two)]
+    by_motion = CrowdDetector("c", zone, settings, SCALE)
+    assert by_motion.update(0.0, motion(*two), tracks) is None  # two people by motion: below the level
+    ev = CrowdDetector("c", zone, settings, SCALE).update(0.0, motion(*two), tracks, detected=4)
+    assert ev is not None and ev.data["count_method"] == "hog" and ev.data["people"] == 4
+    # The detector missed people the tracker follows separately: the tracks are a floor.
+    low = CrowdDetector("c", zone, CrowdSettings(min_people=2, person_area=384, on_after_s=0.0), SCALE)
+    ev = low.update(0.0, motion(*two), tracks, detected=1)
+    assert ev is not None and ev.data["people"] == 2 and ev.data["count_method"] == "hog"

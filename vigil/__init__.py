@@ -1,0 +1,1 @@
+"""Vigil: the `vigil` program, its configuration, runtime and demo."""
