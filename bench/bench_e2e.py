@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from broker.mosquitto import free_port, running_mosquitto
+from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from broker.mqtt import MqttClient
 from broker.registry import DeviceRegistry
 from storage.localservers import InfluxdProcess
@@ -126,6 +126,9 @@ async def main() -> None:
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--probes", type=int, default=100)
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--broker-inflight", type=int, default=1000,
+                    help="Mosquitto max_inflight_messages per client (0: no limit)")
     ap.add_argument("--capacity-messages", type=int, default=200_000,
                     help="messages queued while the platform is stopped, then drained (0 skips)")
     args = ap.parse_args()
@@ -153,7 +156,8 @@ async def main() -> None:
 
         probe_ids = [f"probe-{i:04d}" for i in range(args.probes)]
         (tmp / "probe.yaml").write_text(PROBE_RULE.format(devices=", ".join(probe_ids)))
-        with running_mosquitto(tmp / "mosquitto", registry) as broker:
+        layout = BrokerLayout(data_dir=tmp / "mosquitto", port=free_port(), max_inflight_messages=args.broker_inflight)
+        with MosquittoProcess(layout, registry) as broker:
             assert broker.proc is not None and influx.proc is not None
             OTHERS.update({"mosquitto": broker.proc.pid, "influxd": influx.proc.pid})
             plat_url = f"mqtt://vigil-platform:bench-platform@127.0.0.1:{broker.port}"
@@ -187,7 +191,8 @@ async def main() -> None:
                     await ingest_phase(args, sim_url, influx.url, platform.pid)
                 if args.capacity_messages:
                     platform = await capacity_phase(args, sim_url, influx.url, platform, start_platform)
-                await latency_phase(args, sim_url, plat_url, probe_ids, received, platform.pid, tmp / "state")
+                if not args.skip_latency:
+                    await latency_phase(args, sim_url, plat_url, probe_ids, received, platform.pid, tmp / "state")
             finally:
                 platform.terminate()
                 platform.wait(30)
