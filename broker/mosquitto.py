@@ -153,6 +153,9 @@ def mosquitto_conf(layout: BrokerLayout, *, secured: bool) -> str:
         f"max_queued_messages {layout.max_queued_messages}",
         f"max_inflight_messages {layout.max_inflight_messages}",
         f"max_packet_size {layout.message_size_limit}",
+        # Many small packets each way (messages out, PUBACKs back): Nagle's algorithm would hold
+        # them back waiting for ACKs.
+        "set_tcp_nodelay true",
         "persistent_client_expiration 14d",
         f"listener {layout.port} {layout.host}",
     ]
