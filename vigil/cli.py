@@ -110,13 +110,6 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         print(f"wrote {conf}, {conf.parent / 'passwd'}, {conf.parent / 'acl'}")
         return 0
     proc = MosquittoProcess(layout, registry)
-    try:
-        proc.start()
-    except (FileNotFoundError, RuntimeError) as exc:
-        print(f"vigil: {exc}", file=sys.stderr)
-        return 1
-    print(f"mosquitto listening on mqtt://{b.listen_host}:{b.port} ({len(registry.devices)} devices, "
-          f"{len(registry.services)} service accounts); SIGHUP reloads the registry")
     stopping = False
 
     def on_term(*_: object) -> None:
@@ -131,9 +124,17 @@ def _cmd_broker(args: argparse.Namespace) -> int:
         except RegistryError as exc:
             print(f"vigil: registry not reloaded: {exc}", file=sys.stderr)
 
+    # Handlers first: a SIGTERM during start-up must still stop Mosquitto, never orphan it.
     signal.signal(signal.SIGINT, on_term)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_hup)
+    try:
+        proc.start()
+    except (FileNotFoundError, RuntimeError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    print(f"mosquitto listening on mqtt://{b.listen_host}:{b.port} ({len(registry.devices)} devices, "
+          f"{len(registry.services)} service accounts); SIGHUP reloads the registry", flush=True)
     try:
         while not stopping and proc.proc is not None and proc.proc.poll() is None:
             time.sleep(0.5)

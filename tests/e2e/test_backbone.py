@@ -11,6 +11,7 @@ platform keeps working.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -115,6 +116,16 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
     influx = InfluxdProcess(tmp_path / "influxdb")
     await asyncio.to_thread(influx.start)
+    try:
+        async with _platform_stack(tmp_path, influx, receiver) as stack:
+            yield stack
+    finally:
+        await asyncio.to_thread(influx.stop)
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _platform_stack(tmp_path: Path, influx: InfluxdProcess, receiver: Receiver) -> AsyncIterator[Stack]:
     with running_mosquitto(tmp_path / "mosquitto", REGISTRY) as broker:
         mqtt_url = f"mqtt://vigil-platform:{PASSWORDS['vigil-platform']}@127.0.0.1:{broker.port}"
         config = msgspec.convert({
@@ -154,8 +165,6 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             await observer.stop()
             stop.set()
             await asyncio.wait_for(task, 30)
-            await asyncio.to_thread(influx.stop)
-            await runner.cleanup()
 
 
 def telemetry(ts: datetime, speed: float, door: str = "closed") -> str:
