@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
+
+# CI runs the property-based fuzzers on a fixed, reproducible sequence of examples; developers'
+# runs keep exploring new ones (and keep any failure they find in .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -192,11 +192,14 @@ def decode_frame(content: bytes) -> Jt808Frame:
         raise Jt808DecodeError(RejectionReason.BAD_PHONE, f"phone {phone!r} is not BCD")
     header = Jt808Header(msg_id, attrs & _ATTR_LENGTH, (attrs & _ATTR_ENCRYPTION) >> 10, version, proto, phone,
                          serial, total, index)
+    if not header.device_id:
+        # No header in the error either: a reply to phone 000000000000 could not be addressed to
+        # any terminal (and would itself be a frame the protocol refuses). Checked before the
+        # checksum so that no refusal of such a frame carries a header to reply to.
+        raise Jt808DecodeError(RejectionReason.BAD_PHONE, "phone number is all zeros")
     if checksum(raw) != 0:
         # XOR over header, body and the check byte is zero exactly when the check byte matches.
         raise Jt808DecodeError(RejectionReason.BAD_CHECKSUM, f"check byte 0x{raw[-1]:02x} does not match", header)
-    if not header.device_id:
-        raise Jt808DecodeError(RejectionReason.BAD_PHONE, "phone number is all zeros", header)
     body_len = n - 1 - pos
     if body_len != header.body_length:
         raise Jt808DecodeError(RejectionReason.LENGTH_MISMATCH,

@@ -138,7 +138,8 @@ def _raw(header: bytes, body: bytes = b"") -> bytes:
     (bytes.fromhex("000200000138001380000001aa"), RejectionReason.BAD_CHECKSUM, True),
     (_raw(bytes.fromhex("0002 0005 013800138000 0001".replace(" ", ""))), RejectionReason.LENGTH_MISMATCH, True),
     (_raw(bytes.fromhex("0002 0000 0138001380a0 0001".replace(" ", ""))), RejectionReason.BAD_PHONE, False),
-    (_raw(bytes.fromhex("0002 0000 000000000000 0001".replace(" ", ""))), RejectionReason.BAD_PHONE, True),
+    # All zeros: there is nobody to reply to, so the refusal carries no header.
+    (_raw(bytes.fromhex("0002 0000 000000000000 0001".replace(" ", ""))), RejectionReason.BAD_PHONE, False),
     (_raw(bytes.fromhex("0002 2000 013800138000 0001 0002 0003".replace(" ", ""))),
      RejectionReason.BAD_SPLIT_HEADER, True),
     (_raw(bytes.fromhex("0002 2000 013800138000 0001 0002 0000".replace(" ", ""))),
