@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ class NotificationInbox:
     port: int = 0
     fail_paths: set[str] = field(default_factory=set)
     received: list[Received] = field(default_factory=list)
+    on_received: Callable[[Received], None] | None = None
+    """Called with every notification as it arrives (the demo prints and logs them)."""
     _runner: web.AppRunner | None = None
     _event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -46,11 +49,14 @@ class NotificationInbox:
             data: dict[str, Any] = await request.json()
         except ValueError:
             return web.Response(status=400, text="not json")
-        self.received.append(Received(
+        note = Received(
             path=request.path, title=str(data.get("title", "")), body=str(data.get("message", "")),
             type=str(data.get("type", "")), received_at=time.time(), attachments=len(data.get("attachments") or []),
-        ))
+        )
+        self.received.append(note)
         self._event.set()
+        if self.on_received is not None:
+            self.on_received(note)
         return web.Response(text="ok")
 
     async def _snapshot(self, request: web.Request) -> web.Response:

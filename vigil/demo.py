@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
+from alerting.inbox import NotificationInbox, Received
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port, mosquitto_binary
 from broker.registry import Device, DeviceRegistry, ServiceAccount, Site
 from vigil.config import MqttSettings, VigilConfig
@@ -56,44 +56,36 @@ class DemoOptions:
 
 @dataclass
 class NotificationSink:
-    """A local HTTP endpoint standing in for a phone: Apprise ``json://`` posts land here."""
+    """Where the demo's notifications land: alerting's local ``json://`` inbox, logged and printed."""
 
     log_path: Path
     echo: bool = True
     out: Any = field(default=sys.stdout)
-    received: list[dict[str, Any]] = field(default_factory=list)
-    port: int = 0
-    _runner: web.AppRunner | None = None
+    inbox: NotificationInbox = field(default_factory=NotificationInbox)
+
+    @property
+    def received(self) -> list[Received]:
+        return self.inbox.received
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/{channel}", self._on_post)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        self.inbox.on_received = self._record
+        await self.inbox.start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.inbox.stop()
 
-    async def _on_post(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return web.Response(status=400, text="expected JSON")
-        entry = {"at": time.time(), "channel": request.match_info["channel"], **body}
-        self.received.append(entry)
+    def _record(self, note: Received) -> None:
+        channel = note.path.lstrip("/")
+        entry = {"at": note.received_at, "channel": channel, "title": note.title, "message": note.body,
+                 "type": note.type}
         with self.log_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
         if self.echo:
-            title = str(body.get("title", "")).strip()
-            text = str(body.get("message", body.get("body", ""))).strip().splitlines()
-            print(f"  [通知 → {entry['channel']}] {title} | {text[0] if text else ''}", file=self.out, flush=True)
-        return web.Response(text="ok")
+            first = note.body.strip().splitlines()
+            print(f"  [通知 → {channel}] {note.title.strip()} | {first[0] if first else ''}", file=self.out, flush=True)
 
     def url(self, channel: str) -> str:
-        return f"json://127.0.0.1:{self.port}/{channel}"
+        return self.inbox.url(f"/{channel}")
 
 
 def demo_registry(elevators: int, secrets_file: Path) -> tuple[DeviceRegistry, dict[str, str]]:
