@@ -26,6 +26,7 @@ from alerting.service import AlertingService
 _DESK = web.AppKey("desk", AlertDesk)
 _SVC = web.AppKey("svc", AlertingService)
 _TOKENS = web.AppKey("tokens", dict)
+_ACTOR = web.RequestKey("actor", Actor)
 FILTER_COLUMNS = ("kind", "site", "unit", "industry", "severity", "device_id")
 
 
@@ -82,7 +83,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _actor(request: web.Request) -> Actor:
-    actor = request.get("actor")
+    actor = request.get(_ACTOR)
     assert isinstance(actor, Actor)
     return actor
 
@@ -111,7 +112,7 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
                     actor = who
             if actor is None:
                 raise DeskError(401, "unauthorized", "missing or unknown bearer token")
-            request["actor"] = actor
+            request[_ACTOR] = actor
         return await handler(request)
     except DeskError as exc:
         return _json({"error": exc.code, "message": str(exc)}, exc.status)

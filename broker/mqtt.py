@@ -160,6 +160,8 @@ class MqttClient:
         self._sock: socket.socket | None = None
         self._paused = False
         self._closing = False
+        self._connect_idle = threading.Event()
+        self._connect_idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._refused: str | None = None
         self.counters: dict[str, int] = {
@@ -247,7 +249,11 @@ class MqttClient:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self._connected.is_set():
+        # A connect attempt runs in a worker thread that cancellation cannot stop; let it
+        # finish so that the socket it may open is closed here rather than leaked.
+        if not self._connect_idle.is_set():
+            await asyncio.to_thread(self._connect_idle.wait, 15.0)
+        if self._client.socket() is not None:
             self._client.disconnect()
             self._flush_io()
         self._remove_socket()
@@ -386,17 +392,24 @@ class MqttClient:
                 log.warning("mqtt %s: disconnected from %s: %s", self.client_id, self.address.masked(), rc)
 
     def _in_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        assert self._loop is not None
+        loop = self._loop
+        # paho calls back from its own finaliser too, possibly on another thread and after
+        # the loop has closed; there is nothing left to unregister then.
+        if loop is None or loop.is_closed():
+            return
         if threading.get_ident() == self._loop_thread:
             fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed between the check and the call
+            loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, _c: paho.Client, _u: Any, sock: Any) -> None:
         self._in_loop(self._add_socket, sock)
 
     def _add_socket(self, sock: socket.socket) -> None:
         assert self._loop is not None
+        if self._closing or sock.fileno() < 0:
+            return
         self._sock = sock
         if not self._paused:
             self._loop.add_reader(sock, self._on_readable)
@@ -492,6 +505,7 @@ class MqttClient:
                 first = False
                 attempt += 1
                 try:
+                    self._connect_idle.clear()
                     await asyncio.to_thread(self._connect_blocking)
                 except OSError as exc:
                     log.warning("mqtt %s: cannot reach %s: %s", self.client_id, self.address.masked(), exc)
@@ -509,6 +523,12 @@ class MqttClient:
             await asyncio.sleep(0.1)
 
     def _connect_blocking(self) -> None:
+        try:
+            self._connect_blocking_inner()
+        finally:
+            self._connect_idle.set()
+
+    def _connect_blocking_inner(self) -> None:
         if self.address.protocol != 5:
             self._client.connect(self.address.host, self.address.port, keepalive=self._keepalive)
             return
