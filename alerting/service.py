@@ -60,6 +60,10 @@ _GROUP_ENC = msgspec.json.Encoder()
 _GROUP_DEC = msgspec.json.Decoder(GroupState)
 
 
+_LOCAL_SEEN_MAX = 50_000
+"""Transitions handed over in-process whose MQTT echo is still expected (bounded)."""
+
+
 def _group_status(rec: AlertRecord) -> str:
     return {AlertStatus.FIRING: FIRING, AlertStatus.ACKNOWLEDGED: ACKED}.get(rec.status, RESOLVED)
 
@@ -102,6 +106,7 @@ class AlertingService:
         self._wake: asyncio.Event | None = None
         self._recv_at: dict[int, float] = {}
         self._recv_at_alert: dict[str, float] = {}
+        self._local_seen: dict[bytes, float] = {}
         self._inflight: set[int] = set()
         self._queued: set[int] = set()
         self.api_port: int | None = None
@@ -230,6 +235,9 @@ class AlertingService:
         """MQTT handler: apply each transition, flush due groups, commit, then publish and send."""
         now = self.clock()
         for msg in batch:
+            if self._local_seen and self._local_seen.pop(msg.payload, None) is not None:
+                self.counters["transitions_local_echo"] += 1
+                continue
             try:
                 t = decode_transition(msg.payload)
             except Rejected as exc:
@@ -243,6 +251,28 @@ class AlertingService:
             except Exception:  # one bad transition must not stop the others
                 self.counters["transition_errors"] += 1
                 log.exception("alerting: transition %s for %s failed", t.rule, t.device_id)
+        self._flush_groups(now)
+        self._commit()
+
+    def on_local_transitions(self, items: list[tuple[Transition, bytes]]) -> None:
+        """Transitions handed over directly by the rules stage of this process (no broker round trip).
+
+        Each payload is remembered so that the copy arriving over MQTT is skipped. If the process
+        stops before that copy arrives, the broker redelivers it after the restart and the
+        lifecycle treats it as the duplicate it is (as for any QoS 1 redelivery).
+        """
+        now = self.clock()
+        for t, payload in items:
+            self._local_seen[payload] = now
+            self.counters["transitions"] += 1
+            self.counters["transitions_local"] += 1
+            try:
+                self._apply(t, now, now)
+            except Exception:
+                self.counters["transition_errors"] += 1
+                log.exception("alerting: transition %s for %s failed", t.rule, t.device_id)
+        while len(self._local_seen) > _LOCAL_SEEN_MAX:  # echoes that never came (e.g. broker down)
+            del self._local_seen[next(iter(self._local_seen))]
         self._flush_groups(now)
         self._commit()
 

@@ -309,6 +309,36 @@ async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, p
         print(f"  publish -> notification received over HTTP (Apprise json://): n={len(lat)} "
               f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
     print(f"  probes without a notification within 10 s: {len(probe_ids) - len(lat)}; platform RSS {rss / 2**20:.0f} MiB")
+    legs = probe_legs(state_dir / "bench" / "alerting" / "alerting.sqlite3")
+    if legs:
+        print(f"  per probe, from alerting's notification log (n={len(legs['publish -> handed to Apprise'])}):")
+        for name, values in legs.items():
+            print(f"    {name:34} p50 {statistics.median(values):7.1f} ms  p99 {pct(values, 99):7.1f} ms  "
+                  f"max {max(values):7.1f} ms")
+
+
+def probe_legs(db_path: Path) -> dict[str, list[float]]:
+    """Where each probe's time went: device publish (its ts) -> rules received -> notification
+    created by alerting -> handed to Apprise, from the timestamps alerting keeps per notification."""
+    import sqlite3
+
+    if not db_path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT source_ts, received_at, created_at, handed_at FROM notifications "
+                          "WHERE kind = 'firing' AND (title LIKE '%probe-%' OR body LIKE '%probe-%') AND handed_at IS NOT NULL "
+                          "AND source_ts IS NOT NULL AND received_at IS NOT NULL").fetchall()
+    finally:
+        db.close()
+    legs: dict[str, list[float]] = {"publish -> rules received": [], "rules received -> notification": [],
+                                    "notification -> handed to Apprise": [], "publish -> handed to Apprise": []}
+    for src, recv, created, handed in rows:
+        legs["publish -> rules received"].append((recv - src) * 1000)
+        legs["rules received -> notification"].append((created - recv) * 1000)
+        legs["notification -> handed to Apprise"].append((handed - created) * 1000)
+        legs["publish -> handed to Apprise"].append((handed - src) * 1000)
+    return legs if rows else {}
 
 
 if __name__ == "__main__":

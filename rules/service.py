@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from rules.engine import RuleEngine
 from rules.loader import PACKS_DIR, load_rule_file, rule_files
 from rules.model import Rule
 from rules.state import StateStore
+
+LocalTransitionConsumer = Callable[[list[tuple[Transition, bytes]]], None]
+"""Receives transitions in this process, each with the exact payload published for it."""
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,7 @@ class RulesService:
         self.reloads = 0
         self.reload_failures = 0
         self.handler_errors = 0
+        self._local_consumers: list[LocalTransitionConsumer] = []
         self._reload_requested = False
         self._last_error_log = 0.0
         log.info("rules: %d rules from %d files, %d devices restored from %s", len(self.engine.rules),
@@ -153,14 +158,35 @@ class RulesService:
             self._last_error_log = time.monotonic()
             log.warning("rules: %d rule evaluations raised so far; last: %r", errors, self.engine.last_error)
 
+    def add_local_consumer(self, consumer: LocalTransitionConsumer) -> None:
+        """Also hand every transition straight to ``consumer`` in this process.
+
+        The runtime connects the alerting stage of the same process here, so an alert does not
+        wait for the broker round trip behind the device messages queued for this process. The
+        transitions are still published: alerting recognises the echo (same payload) and skips
+        it, and stages in other processes receive them as usual.
+        """
+        self._local_consumers.append(consumer)
+
     def _publish(self, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
+        out: list[tuple[Transition, bytes]] = []
         for tr in transitions:
+            payload = encode(tr)
+            out.append((tr, payload))
             try:
-                self.mqtt.publish_nowait(transition_topic(tr.kind, tr.device_id), encode(tr), qos=self.config.qos)
+                self.mqtt.publish_nowait(transition_topic(tr.kind, tr.device_id), payload, qos=self.config.qos)
                 self.published += 1
             except Exception as exc:
                 self.publish_errors += 1
                 log.warning("rules: could not publish transition %s for %s: %s", tr.rule, tr.device_id, exc)
+        for consumer in self._local_consumers:
+            try:
+                consumer(out)
+            except Exception:
+                self.handler_errors += 1
+                log.exception("rules: local transition consumer %r failed", consumer)
 
     def _journal(self) -> None:
         try:
@@ -198,10 +224,16 @@ class RulesService:
         """Ask the run loop to reload every rule file (SIGHUP)."""
         self._reload_requested = True
 
-    async def snapshot(self) -> None:
-        """Write a snapshot; encoding runs here, the file write in a thread."""
-        generation, data = self.store.begin_snapshot(self.engine)
-        await asyncio.to_thread(self.store.write_snapshot, generation, data)
+    async def snapshot(self, slice_s: float = 0.004) -> None:
+        """Write a snapshot: encoded here in slices of ``slice_s`` seconds, written in a thread.
+
+        Between slices the event loop handles other work, so a large engine never holds up
+        message handling (or an alert) for the whole encoding.
+        """
+        enc = self.store.begin_incremental(self.engine)
+        while not enc.step(slice_s):
+            await asyncio.sleep(0)
+        await asyncio.to_thread(self.store.write_snapshot, enc.generation, enc.result())
 
     async def run(self) -> None:
         """Tick, snapshot and watch rule files until cancelled; snapshot on the way out."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -83,27 +84,79 @@ def _load_slots(rule: Rule, raw: list[Any]) -> list[Any]:
     return slots
 
 
+def _device_doc(engine: RuleEngine, dev: DeviceState) -> dict[str, Any]:
+    rules: dict[str, Any] = {}
+    for name, rs in dev.rules.items():
+        rule = engine.rules.get(name)
+        if rule is None:
+            continue
+        if rs.phase == INACTIVE and not rs.slots and rs.published is None and not rs.flaps:
+            continue  # nothing to remember: a fresh state is the same
+        entry = _machine(rs, rule, dev.device_id)
+        entry["slots"] = _dump_slots(rule, rs)
+        rules[name] = entry
+    return {
+        "kind": dev.kind, "site": dev.site, "last_ts": dev.last_ts, "last_rx": dev.last_rx,
+        "event_ts": dev.event_ts, "status_ts": dev.status_ts, "seen_rx": dev.seen_rx,
+        "metrics": dev.metrics, "quality": dev.quality, "rules": rules,
+    }
+
+
 def engine_to_doc(engine: RuleEngine, generation: int) -> dict[str, Any]:
     """The whole engine state as JSON-serialisable data."""
-    devices: dict[str, Any] = {}
-    for dev in engine.devices.values():
-        rules: dict[str, Any] = {}
-        for name, rs in dev.rules.items():
-            rule = engine.rules.get(name)
-            if rule is None:
-                continue
-            if rs.phase == INACTIVE and not rs.slots and rs.published is None and not rs.flaps:
-                continue  # nothing to remember: a fresh state is the same
-            entry = _machine(rs, rule, dev.device_id)
-            entry["slots"] = _dump_slots(rule, rs)
-            rules[name] = entry
-        devices[dev.device_id] = {
-            "kind": dev.kind, "site": dev.site, "last_ts": dev.last_ts, "last_rx": dev.last_rx,
-            "event_ts": dev.event_ts, "status_ts": dev.status_ts, "seen_rx": dev.seen_rx,
-            "metrics": dev.metrics, "quality": dev.quality, "rules": rules,
-        }
+    devices = {dev.device_id: _device_doc(engine, dev) for dev in engine.devices.values()}
     return {"version": FORMAT_VERSION, "generation": generation, "watch_start": engine.watch_start,
             "devices": devices}
+
+
+class SnapshotEncoder:
+    """Encodes a snapshot a slice of devices at a time, so the event loop is never held for long.
+
+    The device list is fixed when encoding starts and the journal switches to the new generation
+    at that moment. A device encoded later may already hold changes that the new journal also
+    records; replaying them on restore is harmless because journal lines carry whole state
+    machines (they overwrite) and device clocks only move forward (they are merged with max).
+    """
+
+    def __init__(self, engine: RuleEngine, generation: int) -> None:
+        self.engine = engine
+        self.generation = generation
+        self._ids = list(engine.devices)
+        self._next = 0
+        head = _encoder.encode({"version": FORMAT_VERSION, "generation": generation,
+                                "watch_start": engine.watch_start})
+        self._parts: list[bytes] = [head[:-1], b',"devices":{']
+        self._first = True
+
+    @property
+    def done(self) -> bool:
+        """Whether every device has been encoded."""
+        return self._next >= len(self._ids)
+
+    def step(self, budget_s: float) -> bool:
+        """Encode devices for about ``budget_s`` seconds; returns True when all are done."""
+        deadline = time.perf_counter() + budget_s
+        devices = self.engine.devices
+        while self._next < len(self._ids):
+            device_id = self._ids[self._next]
+            self._next += 1
+            dev = devices.get(device_id)
+            if dev is None:
+                continue
+            if not self._first:
+                self._parts.append(b",")
+            self._first = False
+            self._parts.append(_encoder.encode(device_id))
+            self._parts.append(b":")
+            self._parts.append(_encoder.encode(_device_doc(self.engine, dev)))
+            if not self._next % 16 and time.perf_counter() >= deadline:
+                break
+        return self.done
+
+    def result(self) -> bytes:
+        """The encoded snapshot (after ``step`` returned True)."""
+        assert self.done
+        return b"".join(self._parts) + b"}}"
 
 
 def _apply_machine(engine: RuleEngine, dev: DeviceState, name: str, entry: dict[str, Any], with_slots: bool) -> None:
@@ -242,11 +295,21 @@ class StateStore:
 
     def begin_snapshot(self, engine: RuleEngine) -> tuple[int, bytes]:
         """Encode the state now (in the engine's thread) and start the next journal generation."""
+        enc = self.begin_incremental(engine)
+        enc.step(float("inf"))
+        return enc.generation, enc.result()
+
+    def begin_incremental(self, engine: RuleEngine) -> SnapshotEncoder:
+        """Start the next journal generation and return an encoder for the snapshot it follows.
+
+        Call ``step`` on the encoder between batches of messages until it is done, then hand
+        ``result()`` to ``write_snapshot``.
+        """
         generation = self.generation + 1
-        data = _encoder.encode(engine_to_doc(engine, generation))
+        enc = SnapshotEncoder(engine, generation)
         self.close()
         self.generation = generation
-        return generation, data
+        return enc
 
     def write_snapshot(self, generation: int, data: bytes) -> None:
         """Write an encoded snapshot atomically (may run in a thread), then drop older journals."""

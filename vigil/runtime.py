@@ -102,6 +102,10 @@ def build_platform(config: VigilConfig, registry: DeviceRegistry, *, extra: dict
         stages[name] = cls(getattr(config, spec.config_attr), **kwargs)
     for stage in stages.values():
         stage.attach()
+    rules, alerting = stages.get("rules"), stages.get("alerting")
+    if rules is not None and alerting is not None:
+        # Same process: transitions go straight to alerting (their MQTT echo is skipped there).
+        rules.add_local_consumer(alerting.on_local_transitions)  # type: ignore[attr-defined]
     return Platform(config, registry, mqtt, ingest, stages)
 
 

@@ -201,6 +201,14 @@ async def test_overspeed_fires_notifies_lands_in_influxdb_and_resolves(stack: St
 
     await wait_for(resolved, 15, "the resolved alert")
 
+    # Rules and alerting share this process: both transitions were handed over directly, their
+    # MQTT echoes were recognised and skipped, and the alert went through its lifecycle once.
+    counters = stack.platform.stages["alerting"].counters  # type: ignore[attr-defined]
+    await wait_for(lambda: counters["transitions_local_echo"] >= 2, 10, "the transitions' MQTT echoes")
+    assert counters["transitions_local"] == counters["transitions"] == 2, dict(counters)
+    assert counters["transitions_local_echo"] == 2
+    assert len(notes) == 1 and len(firing()) == 1
+
     # Telemetry and alert history are in InfluxDB, read back with InfluxQL.
     def points() -> list[dict[str, Any]]:
         return stack.influxql("SELECT * FROM /.*/ WHERE device = 'elev-0001'")
