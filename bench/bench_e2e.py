@@ -126,6 +126,7 @@ async def main() -> None:
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--probes", type=int, default=100)
     ap.add_argument("--skip-ingest", action="store_true")
+    ap.add_argument("--platform-log", help="keep the platform's log in this file (default: a temporary one)")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--broker-inflight", type=int, default=1000,
                     help="Mosquitto max_inflight_messages per client (0: no limit)")
@@ -178,9 +179,11 @@ async def main() -> None:
                 },
             }
             (tmp / "vigil.yaml").write_text(yaml.safe_dump(config))
+            log_path = Path(args.platform_log) if args.platform_log else tmp / "platform.log"
+
             def start_platform() -> subprocess.Popen[bytes]:
                 return subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(tmp / "vigil.yaml")],
-                                        stderr=(tmp / "platform.log").open("a"))
+                                        stderr=log_path.open("a"))
 
             platform = start_platform()
             await asyncio.sleep(4)
@@ -196,7 +199,7 @@ async def main() -> None:
             finally:
                 platform.terminate()
                 platform.wait(30)
-                tail = (tmp / "platform.log").read_text().splitlines()[-5:]
+                tail = log_path.read_text().splitlines()[-5:]
                 if any("Traceback" in line or "ERROR" in line for line in tail):
                     print("platform log tail:\n" + "\n".join(tail))
         await runner.cleanup()
@@ -303,6 +306,12 @@ async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, p
     await asyncio.sleep(11)  # the platform rewrites stats.json every 10 s
     stats = json.loads((state_dir / "bench" / "stats.json").read_text())
     al = stats.get("alerting", {})
+    lp = stats.get("loop", {})
+    if lp:
+        print(f"  platform event loop (last 10 s): timer lag p50 {lp.get('lag_ms_p50', 0):.2f} ms, "
+              f"p99 {lp.get('lag_ms_p99', 0):.1f} ms; worst lag of the run {lp['lag_ms_max']:.0f} ms; "
+              f"GC pauses >= 10 ms: {lp['gc_pauses_over_10ms']:.0f}, worst full collection {lp['gc_gen2_max_ms']:.0f} ms "
+              f"({lp['gc_gen2_collections']:.0f} full collections)")
     print(f"  transition received -> handed to Apprise (alerting's own clock): p50 {al.get('handoff_internal_ms_p50', 0):.1f} ms,"
           f" p99 {al.get('handoff_internal_ms_p99', 0):.1f} ms (all alerts of the run)")
     if lat:

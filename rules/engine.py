@@ -24,7 +24,7 @@ silent, and judges absence on wall time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -48,6 +48,8 @@ CLEARING: Final = 3
 PHASE_NAMES: Final = ("inactive", "pending", "firing", "clearing")
 _NO_SLOTS: Final[list[Any]] = []
 _NO_PARAMS: Final[dict[str, Any]] = {}
+TICK_SLICE_DEVICES: Final = 64
+"""``tick_slices`` yields after this many devices."""
 
 
 class RuleState:
@@ -509,20 +511,43 @@ class RuleEngine:
 
     def tick(self, now: float) -> list[Transition]:
         """Advance time-driven rules (absence, pending timers, event expiry, flapping) to wall time ``now``."""
+        out: list[Transition] = []
+        for part in self.tick_slices(now):
+            out.extend(part)
+        return out
+
+    def tick_slices(self, now: float, every: int = TICK_SLICE_DEVICES) -> Iterator[list[Transition]]:
+        """``tick`` in pieces: yields the transitions found so far after every ``every`` devices.
+
+        The caller may handle messages between pieces (the rules service yields to the event
+        loop when a piece ran past its time budget), so a tick over many devices never holds up
+        message handling for long. Devices are independent, so the order of work does not matter.
+        """
         self.counters.ticks += 1
         if self.watch_start is None:
             self.watch_start = now
         out: list[Transition] = []
+        seen = 0
         if self.registry is not None:
             for rule in self._index.silence:
-                for device in self.registry.devices.values():
+                for device in list(self.registry.devices.values()):
+                    seen += 1
+                    if seen % every == 0:
+                        yield out
+                        out = []
                     if device.id not in self.devices and rule.applies_to(device.id, device.kind.value, device.site,
                                                                          device):
                         dev = self._device(device.id, device.kind.value, device.site)
                         dev.last_rx = self.watch_start
         for rule in self._index.on_tick:
+            if self.rules.get(rule.name) is not rule:
+                continue  # replaced by a reload between pieces
             silence = rule.watches_silence
             for dev in (d for kind in rule.kinds for d in self._by_kind.get(Kind(kind), ())):
+                seen += 1
+                if seen % every == 0:
+                    yield out
+                    out = []
                 rs = dev.rules.get(rule.name)
                 if rs is None:
                     if not silence:
@@ -541,8 +566,12 @@ class RuleEngine:
                     self.counters.errors += 1
                     self.last_error = exc
         for key in list(self._timed):
+            seen += 1
+            if seen % every == 0:
+                yield out
+                out = []
             self._tick_timer(key, now, out)
-        return out
+        yield out
 
     def _tick_timer(self, key: tuple[str, str], now: float, out: list[Transition]) -> None:
         """Promote a pending alert, resolve a clearing one, or end flapping, by the passage of time."""

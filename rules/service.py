@@ -201,6 +201,19 @@ class RulesService:
         self._journal()
         self._report_errors(errors)
 
+    async def tick_sliced(self, slice_s: float = 0.004) -> None:
+        """``tick``, yielding to the event loop whenever a piece of it ran ``slice_s`` seconds."""
+        errors = self.engine.counters.errors
+        deadline = time.perf_counter() + slice_s
+        for transitions in self.engine.tick_slices(time.time()):
+            self._publish(transitions)
+            if time.perf_counter() >= deadline:
+                self._journal()
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + slice_s
+        self._journal()
+        self._report_errors(errors)
+
     def reload(self, force: bool = False) -> bool:
         """Re-read changed rule files; unchanged rules keep their state. Returns True when rules changed."""
         before = self.files.errors
@@ -252,7 +265,7 @@ class RulesService:
             while True:
                 await asyncio.sleep(self.config.tick_interval_s)
                 try:
-                    self.tick()
+                    await self.tick_sliced()
                     mono = time.monotonic()
                     if self._reload_requested:
                         self._reload_requested = False

@@ -30,7 +30,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from broker.registry import DeviceRegistry, RegistryError
     from vigil.config import ConfigError, load_config
-    from vigil.runtime import build_platform, install_signal_handlers, run_platform
+    from vigil.runtime import build_platform, freeze_startup_heap, install_signal_handlers, run_platform
 
     try:
         cfg = load_config(args.config)
@@ -44,6 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
         platform = build_platform(cfg, registry)
+        freeze_startup_heap()
         logging.getLogger("vigil").info("running %s as node %r", ", ".join(cfg.services), cfg.node)
         await run_platform(platform, stop)
         return 0

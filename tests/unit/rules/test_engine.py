@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rules_helpers import BASE, T0, event, feed, make_engine, one_rule, status, summary, tel
 
-from broker.contracts import Kind
+from broker.contracts import Kind, Transition
 from broker.registry import Device, DeviceRegistry, Site
 from rules.loader import load_rule_text
 
@@ -110,6 +110,39 @@ def test_absence_covers_registered_devices_that_never_reported() -> None:
     assert summary(eng.tick(BASE + 60)) == [(60, "firing", "r"), (60, "firing", "r")]
     assert sorted(d for d, _ in eng.firing()) == ["loud", "quiet"]
     assert feed(eng, tel("loud", 70, v=1)) == [(70, "resolved", "r")]
+
+
+def test_a_tick_in_slices_decides_what_a_whole_tick_decides_with_messages_in_between() -> None:
+    devices = [Device(id=f"s{i:03d}", kind=Kind.SENSOR) for i in range(200)]
+    reg = DeviceRegistry.build([], devices, [])
+    text = one_rule("{absence: 60s}") + """\
+  - name: pend
+    kind: sensor
+    severity: warning
+    condition: "v > 10"
+    for: 30s
+    summary: p
+"""
+    whole, sliced = make_engine(text, reg), make_engine(text, reg)
+    for eng in (whole, sliced):
+        eng.process([tel(d.id, 0, v=11 if i % 3 == 0 else 1) for i, d in enumerate(devices)], BASE)
+        eng.tick(BASE + 1)
+    def keys(ts: list[Transition]) -> list[tuple[str, str, str]]:
+        return sorted((t.device_id, t.rule, t.status) for t in ts)
+
+    expected = keys(whole.tick(BASE + 61))
+    assert len(expected) == 200 + 67  # every device silent for 61 s; 67 pending promoted
+    got: list[Transition] = []
+    pieces = 0
+    for part in sliced.tick_slices(BASE + 61, every=16):
+        got.extend(part)
+        pieces += 1
+        if pieces == 5:
+            # A message handled between pieces, for a device this tick has not reached yet.
+            sliced.process([tel("s199", 61, v=1)], BASE + 61)
+    assert pieces > 20
+    # The device that reported between pieces is no longer silent; everything else is the same.
+    assert keys(got) == [k for k in expected if k != ("s199", "r", "firing")]
 
 
 def test_pending_is_promoted_by_the_tick_while_the_device_is_silent() -> None:
