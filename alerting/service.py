@@ -90,7 +90,9 @@ class AlertingService:
         self.policies: dict[str, EscalationPolicy] = {p.name: p for p in config.escalation_policies}
         self.receivers: dict[str, Receiver] = {r.name: r for r in config.receivers}
         self.templates = MessageTemplates(config.console_url, config.timezone, config.templates)
-        self.sender = AppriseSender(config.retry, config.sender_threads, transport)
+        self.sender = AppriseSender(config.retry, config.sender_threads, transport,
+                                    urls=[u for r in config.receivers for u in r.urls]
+                                    + [u for p in config.people for u in p.channels])
         self.storm = StormControl(config.storm.max_per_minute, config.storm.digest_s)
         self.open: dict[str, AlertRecord] = {}
         self.by_fingerprint: dict[str, str] = {}
