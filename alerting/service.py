@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import json
 import logging
@@ -60,8 +61,9 @@ _GROUP_ENC = msgspec.json.Encoder()
 _GROUP_DEC = msgspec.json.Decoder(GroupState)
 
 
-_LOCAL_SEEN_MAX = 50_000
-"""Transitions handed over in-process whose MQTT echo is still expected (bounded)."""
+_SEEN_WINDOW_S = 600.0
+_SEEN_MAX = 100_000
+"""Transitions remembered (as 16-byte digests) to recognise repeated deliveries."""
 
 
 def _group_status(rec: AlertRecord) -> str:
@@ -108,7 +110,7 @@ class AlertingService:
         self._wake: asyncio.Event | None = None
         self._recv_at: dict[int, float] = {}
         self._recv_at_alert: dict[str, float] = {}
-        self._local_seen: dict[bytes, float] = {}
+        self._seen: dict[bytes, float] = {}
         self._inflight: set[int] = set()
         self._queued: set[int] = set()
         self.api_port: int | None = None
@@ -237,8 +239,8 @@ class AlertingService:
         """MQTT handler: apply each transition, flush due groups, commit, then publish and send."""
         now = self.clock()
         for msg in batch:
-            if self._local_seen and self._local_seen.pop(msg.payload, None) is not None:
-                self.counters["transitions_local_echo"] += 1
+            if not self._first_sight(msg.payload, now):
+                self.counters["transitions_duplicate"] += 1
                 continue
             try:
                 t = decode_transition(msg.payload)
@@ -256,6 +258,25 @@ class AlertingService:
         self._flush_groups(now)
         self._commit()
 
+    def _first_sight(self, payload: bytes, now: float) -> bool:
+        """Whether this exact transition is new within the last ``_SEEN_WINDOW_S`` seconds.
+
+        The same transition can arrive more than once: handed over in-process and then echoed by
+        the broker, once more per overlapping subscription of this process (MQTT 5 brokers send a
+        copy per matching subscription), and again as a QoS 1 redelivery. Only the first counts.
+        """
+        key = hashlib.blake2b(payload, digest_size=16).digest()
+        seen = self._seen
+        if key in seen:
+            return False
+        seen[key] = now
+        while seen:  # insertion order is time order
+            oldest_key, oldest = next(iter(seen.items()))
+            if len(seen) <= _SEEN_MAX and now - oldest <= _SEEN_WINDOW_S:
+                break
+            del seen[oldest_key]
+        return True
+
     def on_local_transitions(self, items: list[tuple[Transition, bytes]]) -> None:
         """Transitions handed over directly by the rules stage of this process (no broker round trip).
 
@@ -265,7 +286,9 @@ class AlertingService:
         """
         now = self.clock()
         for t, payload in items:
-            self._local_seen[payload] = now
+            if not self._first_sight(payload, now):
+                self.counters["transitions_duplicate"] += 1
+                continue
             self.counters["transitions"] += 1
             self.counters["transitions_local"] += 1
             try:
@@ -273,8 +296,6 @@ class AlertingService:
             except Exception:
                 self.counters["transition_errors"] += 1
                 log.exception("alerting: transition %s for %s failed", t.rule, t.device_id)
-        while len(self._local_seen) > _LOCAL_SEEN_MAX:  # echoes that never came (e.g. broker down)
-            del self._local_seen[next(iter(self._local_seen))]
         self._flush_groups(now)
         self._commit()
 

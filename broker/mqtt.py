@@ -148,8 +148,6 @@ class MqttClient:
         self._sub_qos: dict[str, int] = {}
         self._batch: dict[Handler, list[Message]] = {}
         self._route_cache: dict[str, tuple[Handler, ...]] = {}
-        self._sub_ids: dict[str, int] = {}
-        self._id_route_cache: dict[tuple[str, tuple[int, ...]], tuple[Handler, ...]] = {}
         self._writer_on = False
         self._to_ack: list[tuple[int, int]] = []
         self._pending = 0
@@ -282,22 +280,9 @@ class MqttClient:
         first = topic_filter not in self._handlers
         self._handlers.setdefault(topic_filter, []).append(handler)
         self._sub_qos[topic_filter] = max(qos, self._sub_qos.get(topic_filter, 0))
-        if first:
-            self._sub_ids[topic_filter] = len(self._sub_ids) + 1
         self._route_cache.clear()
-        self._id_route_cache.clear()
         if first and self._connected.is_set():
-            self._send_subscribe(topic_filter, self._sub_qos[topic_filter])
-
-    def _send_subscribe(self, topic_filter: str, qos: int) -> None:
-        if self.address.protocol != 5:
-            self._client.subscribe(topic_filter, qos)
-            return
-        # A subscription identifier per filter: when filters overlap, the broker sends one copy
-        # per matching subscription, and ``_route_ids`` gives each handler exactly one of them.
-        props = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
-        props.SubscriptionIdentifier = self._sub_ids[topic_filter]
-        self._client.subscribe(topic_filter, qos, properties=props)
+            self._client.subscribe(topic_filter, self._sub_qos[topic_filter])
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
                        on_acked: AckCallback | None = None) -> paho.MQTTMessageInfo:
@@ -358,32 +343,10 @@ class MqttClient:
             self._route_cache[topic] = handlers
         return handlers
 
-    def _route_ids(self, topic: str, ids: tuple[int, ...]) -> tuple[Handler, ...]:
-        """Handlers for one copy of a message, sent for the subscriptions ``ids``.
-
-        With overlapping filters the broker sends a copy per matching subscription. Each handler
-        takes the copy of the first of its filters that matches (in subscription order), so it
-        sees every message once, as when the broker sends a single copy.
-        """
-        key = (topic, ids)
-        handlers = self._id_route_cache.get(key)
-        if handlers is None:
-            owner: dict[Handler, int] = {}
-            for topic_filter, sub_id in self._sub_ids.items():  # insertion order = subscription order
-                if paho.topic_matches_sub(topic_filter, topic):
-                    for h in self._handlers[topic_filter]:
-                        owner.setdefault(h, sub_id)
-            handlers = tuple(h for h, sub_id in owner.items() if sub_id in ids)
-            if len(self._id_route_cache) > 200_000:
-                self._id_route_cache.clear()
-            self._id_route_cache[key] = handlers
-        return handlers
-
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         # Messages that match no handler (subscriptions left in a persistent session) are acked too.
         self._to_ack.append((msg.mid, msg.qos))
-        ids = getattr(msg.properties, "SubscriptionIdentifier", None) if msg.properties is not None else None
-        handlers = self._route_ids(msg.topic, tuple(ids)) if ids else self._route(msg.topic)
+        handlers = self._route(msg.topic)
         if not handlers:
             return
         message = Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain), time.time())
@@ -415,7 +378,7 @@ class MqttClient:
         self._refused = None
         self.counters["connects"] += 1
         for topic_filter, qos in self._sub_qos.items():
-            self._send_subscribe(topic_filter, qos)
+            client.subscribe(topic_filter, qos)
         self._connected.set()
         log.info("mqtt %s: connected to %s (session present: %s)", self.client_id, self.address.masked(),
                  getattr(flags, "session_present", None))

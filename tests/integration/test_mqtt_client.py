@@ -1,4 +1,4 @@
-"""MqttClient against a real Mosquitto: overlapping subscriptions, and shutdown without leaked sockets."""
+"""MqttClient shuts down without leaking sockets, even mid-connect or after its loop is gone."""
 
 from __future__ import annotations
 
@@ -94,34 +94,3 @@ def test_finaliser_after_the_loop_closed_raises_nothing(mosquitto: MosquittoProc
     finally:
         sys.unraisablehook = previous
     assert [u.exc_value for u in unraisable] == []
-
-
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-async def test_overlapping_subscriptions_give_each_handler_one_copy(mosquitto: MosquittoProcess, protocol: str) -> None:
-    url = mosquitto.url + ("" if protocol == "5" else "?protocol=3.1.1")
-    wide: list[str] = []
-    narrow: list[str] = []
-    both: list[str] = []
-    async with MqttClient(url, f"overlap-{protocol}", clean_start=True) as client:
-        client.subscribe("vigil/v1/+/+/+", lambda batch: wide.extend(m.topic for m in batch))
-        client.subscribe("vigil/v1/transitions/#", lambda batch: narrow.extend(m.topic for m in batch))
-
-        def shared(batch: list[Any]) -> None:
-            both.extend(m.topic for m in batch)
-
-        client.subscribe("vigil/v1/+/+/+", shared)
-        client.subscribe("vigil/v1/transitions/#", shared)
-        await asyncio.sleep(0.3)
-        async with MqttClient(mosquitto.url, f"overlap-pub-{protocol}", clean_start=True) as pub:
-            await pub.publish("vigil/v1/transitions/elevator/e-1", b"{}")  # matches both filters
-            await pub.publish("vigil/v1/elevator/e-1/telemetry", b"{}")  # matches the wide one only
-        for _ in range(100):
-            if len(wide) >= 2 and narrow:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.2)  # a duplicate would have arrived by now
-    assert sorted(wide) == ["vigil/v1/elevator/e-1/telemetry", "vigil/v1/transitions/elevator/e-1"]
-    assert narrow == ["vigil/v1/transitions/elevator/e-1"]
-    # A handler on both filters sees each message once too (under MQTT 5 the broker sends a copy
-    # per subscription, told apart by subscription identifiers).
-    assert sorted(both) == ["vigil/v1/elevator/e-1/telemetry", "vigil/v1/transitions/elevator/e-1"]
