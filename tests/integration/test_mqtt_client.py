@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +95,23 @@ def test_finaliser_after_the_loop_closed_raises_nothing(mosquitto: MosquittoProc
     finally:
         sys.unraisablehook = previous
     assert [u.exc_value for u in unraisable] == []
+
+
+async def test_pubacks_report_success_and_refusal_through_the_quick_path(tmp_path: Path) -> None:
+    """Acks with a success code take the short path; a refusal (ACL) still reaches the caller."""
+    from broker.mosquitto import running_mosquitto
+    from broker.mqtt import _CLIENT_CLASS, _QuickAckClient
+    from broker.registry import DeviceRegistry
+
+    assert _CLIENT_CLASS is _QuickAckClient  # the installed paho has what the short path needs
+    reg = DeviceRegistry.from_data({"devices": [{"id": "veh-1", "kind": "vehicle", "password": "pw-1"},
+                                                {"id": "veh-2", "kind": "vehicle", "password": "pw-2"}]})
+    results: dict[str, list[bool]] = {"own": [], "other": [], "own311": []}
+    with running_mosquitto(tmp_path / "broker", reg) as broker:
+        for key, suffix in (("own", ""), ("own311", "?protocol=3.1.1")):
+            async with MqttClient(f"mqtt://veh-1:pw-1@127.0.0.1:{broker.port}{suffix}", f"ack-{key}") as client:
+                client.publish_nowait("vigil/v1/vehicle/veh-1/telemetry", b"{}", on_acked=results[key].append)
+                if key == "own":
+                    client.publish_nowait("vigil/v1/vehicle/veh-2/telemetry", b"{}", on_acked=results["other"].append)
+                await client.flush()
+    assert results == {"own": [True], "other": [False], "own311": [True]}
