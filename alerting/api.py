@@ -1,51 +1,122 @@
 """The alerting HTTP API (aiohttp) for the console and other systems; OpenAPI at ``/api/openapi.json``.
 
 Authentication: ``Authorization: Bearer <token>``; users, roles (operator, supervisor, admin) and
-tokens come from the ``alerting.users`` config. Times in queries and bodies are RFC 3339 strings or
-epoch seconds; times in responses are RFC 3339 (alert fields) or epoch seconds (log fields).
+tokens come from the ``alerting.users`` config (only the tokens' digests are kept). Failed tokens are
+limited per client address and over all clients (429 beyond). Times in queries and bodies are
+RFC 3339 strings or epoch seconds; times in responses are RFC 3339 (alert fields) or epoch seconds
+(log fields). Every query parameter is validated (400 naming it); list sizes are bounded.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import os
-from collections.abc import Awaitable, Callable
+import logging
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from alerting.access import GuessLimiter, TokenBook
 from alerting.desk import Actor, AlertDesk, DeskError
 from alerting.lifecycle import AlertRecord, to_contract
 from alerting.masking import mask_url
 from alerting.openapi import OPENAPI
 from alerting.service import AlertingService
+from alerting.vehicle_commands import driver_text
 
 _DESK = web.AppKey("desk", AlertDesk)
 _SVC = web.AppKey("svc", AlertingService)
-_TOKENS = web.AppKey("tokens", dict)
+_TOKENS = web.AppKey("tokens", TokenBook)
+_LIMITER = web.AppKey("limiter", GuessLimiter)
 _ACTOR = web.RequestKey("actor", Actor)
+_BODY = web.RequestKey("body", dict)
 FILTER_COLUMNS = ("kind", "site", "unit", "industry", "severity", "device_id")
+STATUSES = ("firing", "acknowledged", "resolved")
+NOTIFICATION_STATUSES = ("pending", "sending", "sent", "dead", "digested")
+MAX_LIMIT = 5000
+MAX_TEXT = 4000
+ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+"""Alert, silence and override ids: what the service generates, and what a client may choose on PUT."""
+PUBLIC = ("/api/openapi.json", "/api/health")
+GRID_STAFF_PATHS = re.compile(r"/api/(me|grids|workorders(/.*)?)")
+"""The only routes grid staff may use (the work orders of their grids); everything else is 403."""
+WO_STAGES = ("new", "dispatched", "accepted", "en_route", "on_site", "handled", "verified", "closed", "returned")
+log = logging.getLogger(__name__)
 
 
 def _time(value: Any, name: str) -> float | None:
     if value is None or value == "":
         return None
+    if isinstance(value, bool):
+        raise DeskError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)")
+    ts: float | None = None
     if isinstance(value, int | float):
-        return float(value)
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise DeskError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)") from None
-    if dt.tzinfo is None:
-        raise DeskError(400, "invalid", f"{name}: give a time zone offset")
-    return dt.timestamp()
+        ts = float(value)
+    else:
+        try:
+            ts = float(value)
+        except (TypeError, ValueError):
+            try:
+                dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            except ValueError:
+                raise DeskError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)") from None
+            if dt.tzinfo is None:
+                raise DeskError(400, "invalid", f"{name}: give a time zone offset") from None
+            ts = dt.timestamp()
+    # Beyond year 1970..9999 datetime cannot represent it (and nan/inf are not times).
+    if not math.isfinite(ts) or not 0 <= ts < 253402300800:
+        raise DeskError(400, "invalid", f"{name}: out of range")
+    return ts
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` refusing the non-standard NaN and Infinity Python would accept."""
+    return json.loads(text, parse_constant=_no_constant)
+
+
+def query_int(q: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter within ``lo``..``hi``. Raises ``DeskError`` 400 naming it."""
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):
+        raise DeskError(400, "invalid", f"{name} must be an integer {lo} .. {hi}")
+    v = int(raw)
+    if not lo <= v <= hi:
+        raise DeskError(400, "invalid", f"{name} must be {lo} .. {hi}")
+    return v
+
+
+def query_text(q: Mapping[str, str], name: str, limit: int = 200) -> str | None:
+    """A free-text query parameter of at most ``limit`` characters, or None when absent."""
+    raw = q.get(name)
+    if raw is None or raw == "":
+        return None
+    if len(raw) > limit or any(ord(c) < 32 for c in raw):
+        raise DeskError(400, "invalid", f"{name}: at most {limit} printable characters")
+    return raw
+
+
+def _filters(q: Mapping[str, str]) -> dict[str, str]:
+    out = {c: v for c in FILTER_COLUMNS if (v := query_text(q, c)) is not None}
+    if "severity" in out and out["severity"] not in ("info", "warning", "major", "critical"):
+        raise DeskError(400, "invalid", "severity must be info, warning, major or critical")
+    return out
+
+
+def _id(request: web.Request, name: str = "id") -> str:
+    value = request.match_info[name]
+    if not ID_RE.fullmatch(value):
+        raise DeskError(404, "not_found", f"no such {name} (ids are letters, digits and _.:-)")
+    return value
 
 
 def _iso(ts: float | None) -> str | None:
@@ -62,6 +133,10 @@ def alert_json(svc: AlertingService, rec: AlertRecord) -> dict[str, Any]:
                ack_overdue=rec.ack_overdue, resolve_overdue=rec.resolve_overdue, reopen_count=rec.reopen_count,
                escalation={"policy": rec.esc_policy, "next_step": rec.esc_next_step, "repeats": rec.esc_repeats},
                muted={"kind": muted.kind, "id": muted.id} if muted else None)
+    if svc.workorders is not None:  # the case's work order, when it is still open
+        wo = svc.workorders.open.get(rec.id)
+        out["work_order"] = None if wo is None else {"stage": wo.stage, "grid": wo.grid, "assignee": wo.assignee,
+                                                     "overdue": wo.overdue, "link": svc.workorders.link(rec.id)}
     return out
 
 
@@ -71,14 +146,19 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
+    cached: dict[str, Any] | None = request.get(_BODY)
+    if cached is not None:
+        return cached
+    if not request.body_exists:
         return {}
     try:
-        data = await request.json()
-    except ValueError:
+        data = await request.json(loads=strict_json)
+    except (ValueError, RecursionError):
         raise DeskError(400, "invalid", "body is not JSON") from None
     if not isinstance(data, dict):
         raise DeskError(400, "invalid", "body must be a JSON object")
+    # Kept: the stream is consumed once (the middleware parses every body before the handler runs).
+    request[_BODY] = data
     return data
 
 
@@ -88,34 +168,57 @@ def _actor(request: web.Request) -> Actor:
     return actor
 
 
-def _str(body: dict[str, Any], key: str, default: str = "") -> str:
+def _str(body: dict[str, Any], key: str, default: str = "", limit: int = MAX_TEXT) -> str:
     v = body.get(key, default)
     if v is None:
         return default
     if not isinstance(v, str):
         raise DeskError(400, "invalid", f"{key} must be a string")
+    if len(v) > limit:
+        raise DeskError(400, "invalid", f"{key}: at most {limit} characters")
     return v
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _authenticate(request: web.Request) -> Actor:
+    limiter, client = request.app[_LIMITER], request.remote or "-"
+    now = request.app[_SVC].clock()
+    # Checked before the token: once an address (or everyone) guessed too often, even a right guess is refused.
+    if limiter.blocked("*bearer*", client, now) is not None:
+        raise DeskError(429, "too_many_failures", "too many failed tokens; wait a few minutes")
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    owner = request.app[_TOKENS].owner(token) if token else None
+    if owner is None:
+        if header:
+            limiter.failed("*bearer*", client, now)
+            request.app[_SVC].counters["api_auth_failures"] += 1
+        raise DeskError(401, "unauthorized", "missing or unknown bearer token")
+    return Actor(owner.name, owner.role, owner.unit)  # type: ignore[arg-type]
+
+
 @web.middleware
 async def _errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        if request.path not in ("/api/openapi.json", "/api/health"):
-            header = request.headers.get("Authorization", "")
-            token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-            actor = None
-            for known, who in request.app[_TOKENS].items():
-                if token and hmac.compare_digest(known.encode(), token.encode()):
-                    actor = who
-            if actor is None:
-                raise DeskError(401, "unauthorized", "missing or unknown bearer token")
-            request[_ACTOR] = actor
+        if request.path not in PUBLIC:
+            request[_ACTOR] = actor = _authenticate(request)
+            if actor.role == "grid_staff" and not GRID_STAFF_PATHS.fullmatch(request.path):
+                raise DeskError(403, "forbidden", "grid staff only use the work orders of their grids")
+        # A body, when sent, must be a JSON object, whether the route reads it or not; DELETE takes none.
+        if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.body_exists \
+                and await _body(request) and request.method == "DELETE":
+            raise DeskError(400, "invalid", "DELETE takes no body")
         return await handler(request)
     except DeskError as exc:
         return _json({"error": exc.code, "message": str(exc)}, exc.status)
+    except web.HTTPException:
+        raise
+    except Exception:
+        # A bug must not leak a traceback to the client; the log keeps it (and tests fail on it).
+        log.exception("alerting API: %s %s failed", request.method, request.path)
+        return _json({"error": "internal", "message": "internal error"}, 500)
 
 
 # ---------------------------------------------------------------------- handlers
@@ -139,13 +242,12 @@ async def me(request: web.Request) -> web.Response:
 async def list_alerts(request: web.Request) -> web.Response:
     """List and filter alerts."""
     q = request.query
-    status = [s for s in q.get("status", "").split(",") if s] or None
-    try:
-        limit = min(int(q.get("limit", "200")), 5000)
-        offset = int(q.get("offset", "0"))
-    except ValueError:
-        raise DeskError(400, "invalid", "limit and offset must be integers") from None
-    filters = {c: q[c] for c in FILTER_COLUMNS if q.get(c)}
+    status = [s for s in (query_text(q, "status") or "").split(",") if s] or None
+    if status is not None and not set(status) <= set(STATUSES):
+        raise DeskError(400, "invalid", f"status is a comma-separated list of {', '.join(STATUSES)}")
+    limit = query_int(q, "limit", 200, 1, MAX_LIMIT)
+    offset = query_int(q, "offset", 0, 0, 1_000_000)
+    filters = _filters(q)
     svc = request.app[_SVC]
     recs = request.app[_DESK].alerts(status=status, since=_time(q.get("since"), "since"),
                                    until=_time(q.get("until"), "until"), filters=filters, limit=limit, offset=offset)
@@ -155,7 +257,7 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def get_alert(request: web.Request) -> web.Response:
     """One alert with its timeline and notifications."""
     desk, svc = request.app[_DESK], request.app[_SVC]
-    aid = request.match_info["id"]
+    aid = _id(request)
     rec = desk.get(aid)
     timeline = [{"ts": _iso(e.ts), "actor": e.actor, "action": e.action, "detail": e.detail}
                 for e in desk.timeline(aid)]
@@ -165,12 +267,30 @@ async def get_alert(request: web.Request) -> web.Response:
 
 def _action(fn: Callable[[AlertDesk, str, Actor, dict[str, Any]], AlertRecord]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
+        aid = _id(request)
         body = await _body(request)
-        rec = fn(request.app[_DESK], request.match_info["id"], _actor(request), body)
+        rec = fn(request.app[_DESK], aid, _actor(request), body)
         return _json({"alert": alert_json(request.app[_SVC], rec)})
 
     handler.__doc__ = fn.__doc__
     return handler
+
+
+async def driver_text_action(request: web.Request) -> web.Response:
+    """Send a text to the driver of the alert's vehicle (JT/T 808 0x8300); recorded in the timeline."""
+    aid = _id(request)
+    body = await _body(request)
+    actor = _actor(request)
+    desk = request.app[_DESK]
+    rec = desk.get(aid)
+    try:
+        topic, payload, cid = driver_text(rec, actor.name, _str(body, "text"), emergency=body.get("emergency") is True)
+    except ValueError as exc:
+        raise DeskError(400, "invalid", str(exc)) from None
+    # Recorded first: the comment checks the actor may handle this alert, and nothing is sent if not.
+    rec = desk.comment(aid, actor, f"[发送驾驶员短信 0x8300 / text to driver, command {cid}] {_str(body, 'text')}")
+    request.app[_SVC].mqtt.publish_nowait(topic, payload, qos=1)
+    return _json({"alert": alert_json(request.app[_SVC], rec), "command_id": cid})
 
 
 def _ack(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
@@ -185,7 +305,10 @@ def _assign(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
 
 def _comment(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
     """Comment."""
-    return d.comment(aid, a, _str(b, "text"))
+    text = _str(b, "text")
+    if not text.strip():
+        raise DeskError(400, "invalid", "text is required")
+    return d.comment(aid, a, text)
 
 
 def _resolve(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
@@ -210,29 +333,32 @@ async def list_silences(request: web.Request) -> web.Response:
 
 async def put_silence(request: web.Request) -> web.Response:
     """Create (POST) or replace (PUT /{id}) a silence."""
+    sid = _id(request) if "id" in request.match_info else None
     b = await _body(request)
     matchers = b.get("matchers")
-    if not isinstance(matchers, list) or not all(isinstance(m, str) for m in matchers):
-        raise DeskError(400, "invalid", "matchers must be a list of strings like 'site=tower-a'")
+    if not isinstance(matchers, list) or not all(isinstance(m, str) and len(m) <= 500 for m in matchers) \
+            or len(matchers) > 50:
+        raise DeskError(400, "invalid", "matchers must be a list (at most 50) of strings like 'site=tower-a'")
     ends = _time(b.get("ends_at"), "ends_at")
     if ends is None:
         raise DeskError(400, "invalid", "ends_at is required")
     s = request.app[_DESK].create_silence(_actor(request), matchers, ends, _time(b.get("starts_at"), "starts_at"),
-                                          _str(b, "comment"), request.match_info.get("id"))
+                                          _str(b, "comment"), sid)
     return _json({"silence": _silence_json(s)}, 200 if request.method == "PUT" else 201)
 
 
 async def delete_silence(request: web.Request) -> web.Response:
     """Expire a silence."""
-    request.app[_DESK].delete_silence(_actor(request), request.match_info["id"])
-    return _json({"deleted": request.match_info["id"]})
+    sid = _id(request)
+    request.app[_DESK].delete_silence(_actor(request), sid)
+    return _json({"deleted": sid})
 
 
 async def oncall(request: web.Request) -> web.Response:
     """Who is on duty (now, or ``at``) for a unit and role."""
     q = request.query
-    return _json({"on_duty": request.app[_DESK].on_duty(_time(q.get("at"), "at"), q.get("unit") or None,
-                                                        q.get("role") or None)})
+    return _json({"on_duty": request.app[_DESK].on_duty(_time(q.get("at"), "at"), query_text(q, "unit"),
+                                                        query_text(q, "role"))})
 
 
 async def rosters(request: web.Request) -> web.Response:
@@ -248,6 +374,8 @@ async def rosters(request: web.Request) -> web.Response:
 
 async def add_override(request: web.Request) -> web.Response:
     """Add a roster override (supervisor or admin)."""
+    if not _actor(request).at_least("supervisor"):
+        raise DeskError(403, "forbidden", "operators cannot change rosters")
     b = await _body(request)
     start, end = _time(b.get("starts_at"), "starts_at"), _time(b.get("ends_at"), "ends_at")
     if start is None or end is None:
@@ -259,14 +387,15 @@ async def add_override(request: web.Request) -> web.Response:
 
 async def delete_override(request: web.Request) -> web.Response:
     """Remove a roster override (supervisor or admin)."""
-    request.app[_DESK].delete_override(_actor(request), request.match_info["id"])
-    return _json({"deleted": request.match_info["id"]})
+    oid = _id(request)
+    request.app[_DESK].delete_override(_actor(request), oid)
+    return _json({"deleted": oid})
 
 
 async def figures(request: web.Request) -> web.Response:
     """Handling figures for a period: counts by industry/site/unit, MTTA, MTTR, closure and on-time rates."""
     q = request.query
-    filters = {c: q[c] for c in FILTER_COLUMNS if q.get(c)}
+    filters = _filters(q)
     return _json(request.app[_DESK].figures(_time(q.get("since"), "since"), _time(q.get("until"), "until"),
                                             filters))
 
@@ -274,22 +403,91 @@ async def figures(request: web.Request) -> web.Response:
 async def notifications(request: web.Request) -> web.Response:
     """The notification log (``status=dead`` for the dead-letter list)."""
     q = request.query
-    rows = request.app[_SVC].store.notifications(status=q.get("status") or None, alert_id=q.get("alert_id") or None,
-                                                 limit=min(int(q.get("limit", "200") or 200), 5000))
+    status = query_text(q, "status")
+    if status is not None and status not in NOTIFICATION_STATUSES:
+        raise DeskError(400, "invalid", f"status must be one of {', '.join(NOTIFICATION_STATUSES)}")
+    rows = request.app[_SVC].store.notifications(status=status, alert_id=query_text(q, "alert_id", 128),
+                                                 limit=query_int(q, "limit", 200, 1, MAX_LIMIT))
     return _json({"notifications": [r.public() for r in rows]})
 
 
 async def notification(request: web.Request) -> web.Response:
     """One notification with every delivery attempt."""
     svc = request.app[_SVC]
-    try:
-        nid = int(request.match_info["id"])
-    except ValueError:
-        raise DeskError(400, "invalid", "notification id is an integer") from None
+    raw = request.match_info["id"]
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise DeskError(404, "not_found", "notification ids are positive integers")
+    nid = int(raw)
     row = svc.store.notification(nid)
     if row is None:
         raise DeskError(404, "not_found", f"no notification {nid}")
     return _json({"notification": row.public(), "attempts": svc.store.attempts(nid)})
+
+
+def _orders(request: web.Request) -> Any:
+    wo = request.app[_SVC].workorders
+    if wo is None:
+        raise DeskError(404, "not_found", "work orders are not enabled (alerting.workorders.enabled)")
+    return wo
+
+
+async def list_grids(request: web.Request) -> web.Response:
+    """Grids with outline, staff and open cases (grid staff: their own)."""
+    wo = _orders(request)
+    mine = wo.grids_of(_actor(request))
+    return _json({"grids": [g for g in wo.grid_rows() if mine is None or g["id"] in mine]})
+
+
+async def list_workorders(request: web.Request) -> web.Response:
+    """Work orders by stage and grid, newest first (grid staff: their grids; ``mine=1``: accepted by me)."""
+    q = request.query
+    stages = [s for s in (query_text(q, "stage") or "").split(",") if s] or None
+    if stages is not None and not set(stages) <= set(WO_STAGES):
+        raise DeskError(400, "invalid", f"stage is a comma-separated list of {', '.join(WO_STAGES)}")
+    mine = query_text(q, "mine")
+    if mine not in (None, "0", "1"):
+        raise DeskError(400, "invalid", "mine is 0 or 1")
+    wo = _orders(request)
+    rows = wo.orders(_actor(request), stages=stages, grid=query_text(q, "grid", 64), mine=mine == "1",
+                     since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+                     limit=query_int(q, "limit", 200, 1, MAX_LIMIT), offset=query_int(q, "offset", 0, 0, 1_000_000))
+    return _json({"workorders": [wo.view(o) for o in rows], "count": len(rows)})
+
+
+async def get_workorder(request: web.Request) -> web.Response:
+    """One work order with the case's timeline."""
+    wo = _orders(request)
+    oid = _id(request)
+    o = wo.get(_actor(request), oid)
+    timeline = [{"ts": e.ts, "actor": e.actor, "action": e.action, "detail": e.detail} for e in wo.timeline(oid)]
+    return _json({"workorder": wo.view(o), "timeline": timeline})
+
+
+async def workorder_action(request: web.Request) -> web.Response:
+    """A milestone or centre action on a work order (``{action}``: accept, depart, arrive, handle, return,
+    dispatch, reassign, verify, close, satisfaction, comment)."""
+    oid = _id(request)
+    body = await _body(request)
+    wo = _orders(request)
+    o = wo.act(_actor(request), oid, request.match_info["action"], body)
+    return _json({"workorder": wo.view(o)})
+
+
+async def report_incident(request: web.Request) -> web.Response:
+    """Grid staff report an incident: ``{category, summary, lat, lon, place, severity}`` opens a case."""
+    body = await _body(request)
+    wo = _orders(request)
+    o = wo.report(_actor(request), body)
+    return _json({"workorder": wo.view(o)}, 201)
+
+
+async def workorder_figures(request: web.Request) -> web.Response:
+    """Work-order figures: response, arrival, closure, on-time per milestone, closure and satisfaction rates,
+    by grid, unit, category and person."""
+    q = request.query
+    filters = {c: v for c in ("grid", "unit", "category") if (v := query_text(q, c, 64)) is not None}
+    return _json(_orders(request).figures(_actor(request), _time(q.get("since"), "since"),
+                                          _time(q.get("until"), "until"), filters))
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -297,21 +495,14 @@ async def stats(request: web.Request) -> web.Response:
     return _json(request.app[_SVC].stats())
 
 
-def _tokens(svc: AlertingService) -> dict[str, Actor]:
-    out: dict[str, Actor] = {}
-    for u in svc.config.users:
-        token = u.token if u.token is not None else os.environ.get(u.token_env or "")
-        if token:
-            out[token] = Actor(u.name, u.role, u.unit)
-    return out
-
-
 def build_app(svc: AlertingService) -> web.Application:
     """The aiohttp application serving the API for one service."""
-    app = web.Application(middlewares=[_errors_and_auth], client_max_size=256 * 1024)
+    api = svc.config.api
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=api.max_body_bytes)
     app[_SVC] = svc
     app[_DESK] = svc.desk
-    app[_TOKENS] = _tokens(svc)
+    app[_TOKENS] = TokenBook.from_users(svc.config.users, strict=False)
+    app[_LIMITER] = GuessLimiter(api.auth_failures, api.auth_window_s, api.auth_failures_global)
     r = app.router
     r.add_get("/api/health", health)
     r.add_get("/api/openapi.json", openapi)
@@ -322,6 +513,7 @@ def build_app(svc: AlertingService) -> web.Application:
     r.add_post("/api/alerts/{id}/assign", _action(_assign))
     r.add_post("/api/alerts/{id}/comment", _action(_comment))
     r.add_post("/api/alerts/{id}/resolve", _action(_resolve))
+    r.add_post("/api/alerts/{id}/driver-text", driver_text_action)
     r.add_post("/api/alerts/{id}/severity", _action(_severity))
     r.add_get("/api/silences", list_silences)
     r.add_post("/api/silences", put_silence)
@@ -335,5 +527,11 @@ def build_app(svc: AlertingService) -> web.Application:
     r.add_get("/api/notifications", notifications)
     r.add_get("/api/notifications/{id}", notification)
     r.add_get("/api/stats", stats)
+    r.add_get("/api/grids", list_grids)
+    r.add_get("/api/workorders", list_workorders)
+    r.add_post("/api/workorders", report_incident)
+    r.add_get("/api/workorders/figures", workorder_figures)
+    r.add_get("/api/workorders/{id}", get_workorder)
+    r.add_post("/api/workorders/{id}/{action}", workorder_action)
     return app
 

@@ -11,8 +11,12 @@ from typing import Any, Literal
 
 import msgspec
 
+from alerting.evidence import EvidenceConfig
+from alerting.workorders.model import OrderPolicy, default_policies
+
 Locale = Literal["zh", "en"]
-UserRole = Literal["operator", "supervisor", "admin"]
+UserRole = Literal["grid_staff", "operator", "supervisor", "admin"]
+"""``grid_staff``: field staff bound to ``User.grids``; they see and act only on their grids' work orders."""
 
 
 class Receiver(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -139,15 +143,57 @@ class User(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     token: str | None = msgspec.field(default=None)
     token_env: str | None = None
     unit: str = ""
+    grids: list[str] = []
+    """For ``grid_staff``: the grids (``alerting.workorders.grids_file`` ids) whose cases they handle."""
+
+
+class WorkOrdersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Work orders (``alerting.workorders``): every new case is dispatched to its grid and followed to closure."""
+
+    enabled: bool = False
+    grids_file: str | None = None
+    """GeoJSON FeatureCollection of grid polygons (``alerting.grids``); reloaded when it changes."""
+    grids_check_s: float = 5.0
+    policies: list[OrderPolicy] = msgspec.field(default_factory=default_policies)
+    """Milestone time limits by category and severity; the first match wins ("135" for critical cases)."""
+    arrive_max_m: float = 300.0
+    """How far from the case's location an "on site" report may be."""
+    arrive_mode: Literal["refuse", "flag"] = "flag"
+    """Farther than ``arrive_max_m``: refuse the report, or accept it flagged for the centre."""
+    photo_max_bytes: int = 5 * 1024 * 1024
+    photos_dir: str | None = None
+    """Where field photos are stored (default: ``<evidence.dir>/workorders``, else the state folder)."""
+    calendar_file: str | None = None
+    """Holiday override file for working-day limits (``broker.calendar``); the statutory calendar otherwise."""
+    page_url: str | None = None
+    """The phone page's address in notifications (default ``<console_url>/h5/``)."""
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.photo_max_bytes <= 32 * 1024 * 1024:
+            raise ValueError("workorders.photo_max_bytes must be 1024 .. 33554432")
+        if not self.arrive_max_m > 0 or not self.grids_check_s > 0:
+            raise ValueError("workorders.arrive_max_m and grids_check_s must be > 0")
+
+
+class CategoryDeadline(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Time limits for one alert category, overriding those of the severity where set."""
+
+    ack_s: float | None = None
+    resolve_s: float | None = None
 
 
 class Deadlines(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Handling time limits in seconds by severity (acknowledge-by, resolve-by)."""
+    """Handling time limits in seconds by severity (acknowledge-by, resolve-by), and by alert category."""
 
     ack_s: dict[str, float] = msgspec.field(default_factory=lambda: {
         "critical": 60.0, "major": 300.0, "warning": 1800.0, "info": 7200.0})
     resolve_s: dict[str, float] = msgspec.field(default_factory=lambda: {
         "critical": 1800.0, "major": 4 * 3600.0, "warning": 24 * 3600.0, "info": 72 * 3600.0})
+    categories: dict[str, CategoryDeadline] = msgspec.field(default_factory=lambda: {
+        "rescue": CategoryDeadline(resolve_s=1800.0)})
+    """By the rule label ``category``. ``rescue`` (trapped passengers, alarm button) is the rescue clock:
+    most cities require the rescuer on site and the passengers out within 30 minutes; an alert still
+    open then is resolve-overdue and escalates. Set ``rescue: {resolve_s: 1200}`` for a stricter city."""
 
 
 class Retry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -172,6 +218,18 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8085
+    auth_failures: int = 10
+    """Failed bearer tokens allowed per client address within ``auth_window_s`` before it gets 429."""
+    auth_window_s: float = 300.0
+    auth_failures_global: int = 200
+    """Failed bearer tokens of all clients together within ``auth_window_s`` before every request gets 429."""
+    max_body_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.auth_failures < 1 or self.auth_failures_global < self.auth_failures or self.auth_window_s <= 0:
+            raise ValueError("api: auth_failures >= 1, auth_failures_global >= auth_failures, auth_window_s > 0")
+        if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
+            raise ValueError("api.max_body_bytes must be 1024 .. 16777216")
 
 
 def _default_receivers() -> list[Receiver]:
@@ -248,6 +306,9 @@ class AlertingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Per locale: ``line`` (one alert; fields sev, summary, device_id, site, unit, starts, ack_by, link) and
     titles by kind (firing, resolved, repeat, escalation, overdue, digest)."""
     attach_snapshots: bool = True
+    evidence: EvidenceConfig = EvidenceConfig()
+    """Where snapshots may be read from: the evidence store and allow-listed camera-agent hosts."""
+    workorders: WorkOrdersConfig = WorkOrdersConfig()
     sender_threads: int = 8
     sender_concurrency: int = 16
     queue_size: int = 10000
@@ -287,7 +348,7 @@ def check_config(cfg: AlertingConfig, source: str = "alerting") -> None:
     def check_target(t: str, where: str) -> None:
         kind, _, name = t.partition(":")
         ok = {"person": people, "receiver": receivers, "roster": rosters}.get(kind)
-        if kind == "role":
+        if kind == "role" or t in ("grid:staff", "grid:duty"):  # resolved per alert (its unit, its grid)
             return
         if ok is None:
             raise AlertingConfigError(f"{source}: {where}: target {t!r} must be person:/role:/roster:/receiver:")
@@ -322,12 +383,75 @@ def check_config(cfg: AlertingConfig, source: str = "alerting") -> None:
         for key, text in entries.items():
             if key not in kinds:
                 raise AlertingConfigError(f"{source}: templates.{loc}.{key}: unknown template (one of {sorted(kinds)})")
-            if key == "line":
-                try:
-                    text.format(**{f: "" for f in ("sev", "summary", "device_id", "site", "unit", "starts",
-                                                    "ack_by", "link")})
-                except (KeyError, IndexError, ValueError) as exc:
-                    raise AlertingConfigError(f"{source}: templates.{loc}.line: bad field {exc}") from None
+            # Titles and lines share one context (alerting.templates.LINE_FIELDS).
+            try:
+                text.format(**{f: "" for f in ("sev", "summary", "device_id", "site", "unit", "starts",
+                                                "ack_by", "link", "rule", "kind", "severity", "id", "device")})
+            except (KeyError, IndexError, ValueError) as exc:
+                raise AlertingConfigError(f"{source}: templates.{loc}.{key}: bad field {exc}") from None
     for i, u in enumerate(cfg.users):
         if u.token is None and u.token_env is None:
             raise AlertingConfigError(f"{source}: users[{i}]: give token or token_env")
+    check_workorders(cfg, source)
+    check_tokens(cfg, source)
+
+
+def check_workorders(cfg: AlertingConfig, source: str = "alerting", files: bool = True) -> None:
+    """Work orders: grid staff have grids, policies name real milestones and targets, and (when enabled and
+    ``files``) the grids file and the holiday file can be read. The service runs it at start-up too.
+
+    Raises:
+        AlertingConfigError: naming the key (``users[i]``, ``workorders.policies[i]``, ``workorders.grids_file``...).
+    """
+    from alerting.workorders.model import MILESTONES
+
+    for i, u in enumerate(cfg.users):
+        if u.role == "grid_staff" and not u.grids:
+            raise AlertingConfigError(f"{source}: users[{i}]: a grid_staff user needs grids")
+    known = {"person": {p.id for p in cfg.people}, "receiver": {r.name for r in cfg.receivers},
+             "roster": {r.name for r in cfg.rosters}}
+    for i, op in enumerate(cfg.workorders.policies):
+        where = f"workorders.policies[{i}]"
+        for key in (*op.limits_s, *op.limits_working_days):
+            if key not in MILESTONES:
+                raise AlertingConfigError(f"{source}: {where}: unknown milestone {key!r} (one of {list(MILESTONES)})")
+        if any(v <= 0 for v in op.limits_s.values()) or any(v < 0 for v in op.limits_working_days.values()):
+            raise AlertingConfigError(f"{source}: {where}: limits must be positive")
+        for t in op.escalate:
+            kind, _, name = t.partition(":")
+            if kind == "role" or t in ("grid:staff", "grid:duty"):
+                continue
+            if kind not in known:
+                raise AlertingConfigError(f"{source}: {where}.escalate: target {t!r} must be person:/role:/roster:/"
+                                          "receiver:/grid:staff/grid:duty")
+            if name not in known[kind]:
+                raise AlertingConfigError(f"{source}: {where}.escalate: unknown {kind} {name!r}")
+    if not cfg.workorders.enabled or not files:
+        return
+    from alerting.grids import GridBook, GridError
+    from broker.calendar import CalendarError, HolidayCalendar
+
+    wo = cfg.workorders
+    try:
+        GridBook.load(wo.grids_file)
+    except GridError as exc:
+        raise AlertingConfigError(f"{source}: workorders.grids_file: {exc}") from None
+    if wo.calendar_file:
+        try:
+            HolidayCalendar.load(wo.calendar_file)
+        except (CalendarError, OSError) as exc:
+            raise AlertingConfigError(f"{source}: workorders.calendar_file: {exc}") from None
+
+
+def check_tokens(cfg: AlertingConfig, source: str = "alerting", env: dict[str, str] | None = None) -> None:
+    """Refuse short or low-entropy API tokens (inline, or in a set environment variable).
+
+    Raises:
+        AlertingConfigError: naming ``users[i].token`` or ``users[i].token_env`` and the variable.
+    """
+    from alerting.access import TokenBook, TokenError
+
+    try:
+        TokenBook.from_users(cfg.users, env, source)
+    except TokenError as exc:
+        raise AlertingConfigError(str(exc)) from None

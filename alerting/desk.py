@@ -7,9 +7,13 @@ these methods; they run in the event loop thread.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -19,14 +23,18 @@ from alerting.figures import handling_figures
 from alerting.grouping import ACKED, FIRING, RESOLVED
 from alerting.lifecycle import AlertRecord, AuditEvent, LifecycleError
 from alerting.matchers import MatcherError, parse_matchers
-from alerting.muting import SilenceEntry
+from alerting.muting import MaintenanceEntry, SilenceEntry, until_ts
 from alerting.roster import OverrideEntry
 from broker.contracts import AlertStatus, Severity
 
 if TYPE_CHECKING:
     from alerting.service import AlertingService
 
-ROLE_RANK: dict[str, int] = {"operator": 0, "supervisor": 1, "admin": 2}
+log = logging.getLogger(__name__)
+
+_HHMM = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
+_ZONE = re.compile(r"[A-Za-z][A-Za-z0-9_+\-]{0,30}(?:/[A-Za-z0-9_+\-]{1,30}){0,2}")
+ROLE_RANK: dict[str, int] = {"grid_staff": -1, "operator": 0, "supervisor": 1, "admin": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +132,7 @@ class AlertDesk:
 
     def acknowledge(self, alert_id: str, actor: Actor, note: str = "") -> AlertRecord:
         """Acknowledge: the actor takes the alert and escalation stops."""
-        return self._do(alert_id, actor, lifecycle.acknowledge, note)
+        return self._confirm_vehicle_alarm(self._do(alert_id, actor, lifecycle.acknowledge, note), actor)
 
     def assign(self, alert_id: str, actor: Actor, assignee: str | None, unit: str | None,
                note: str = "") -> AlertRecord:
@@ -141,7 +149,19 @@ class AlertDesk:
 
     def close(self, alert_id: str, actor: Actor, reason: str) -> AlertRecord:
         """Close (resolve) with a reason."""
-        return self._do(alert_id, actor, lifecycle.close, reason)
+        return self._confirm_vehicle_alarm(self._do(alert_id, actor, lifecycle.close, reason), actor)
+
+    def _confirm_vehicle_alarm(self, rec: AlertRecord, actor: Actor) -> AlertRecord:
+        """A vehicle alarm bit the terminal clears only on confirmation: send it 0x8203 (docs/vehicles.md)."""
+        from alerting.vehicle_commands import alarm_confirmation
+
+        cmd = alarm_confirmation(rec, actor.name)
+        if cmd is not None:
+            topic, payload, cid = cmd
+            self.svc.mqtt.publish_nowait(topic, payload, qos=1)
+            log.info("alerting: alarm confirmation %s sent to %s for alert %s (%s)", cid, rec.device_id, rec.id,
+                     rec.rule)
+        return rec
 
     def set_severity(self, alert_id: str, actor: Actor, severity: str, reason: str = "") -> AlertRecord:
         """Change the severity (deadlines follow)."""
@@ -201,6 +221,85 @@ class AlertDesk:
         self.svc.silences.remove(silence_id)
         self.svc.store.kv_delete("silence", silence_id)
         self.svc._commit()
+
+    # ------------------------------------------------------------------ recurring maintenance windows
+
+    def maintenance_windows(self) -> list[dict[str, Any]]:
+        """The config file's windows (``id`` None, not deletable) and the run-time ones, with ``open`` now."""
+        cal, now = self.svc.maintenance, self.svc.clock()
+        out = []
+        for w, _m, tz, hm, until in cal.windows:
+            row: dict[str, Any] = {"id": None, "name": w.name, "matchers": list(w.matchers), "start": w.start,
+                                   "duration_min": w.duration_min, "weekdays": list(w.weekdays),
+                                   "timezone": w.timezone, "until": None, "author": "config", "comment": "",
+                                   "source": "config", "open": cal.in_window(w, tz, hm, now, until)}
+            if isinstance(w, MaintenanceEntry):
+                row.update(id=w.id, until=w.until, author=w.author, comment=w.comment, source="runtime")
+            out.append(row)
+        return out
+
+    def create_maintenance(self, actor: Actor, name: str, matchers: list[str], weekdays: list[int], start: str,
+                           duration_min: float, timezone: str = "Asia/Shanghai", until: str | None = None,
+                           comment: str = "") -> MaintenanceEntry:
+        """Create a recurring maintenance window (supervisors and admins): matching alerts are not notified
+        while an occurrence is open; they stay on the board, marked muted."""
+        if not actor.at_least("supervisor"):
+            raise DeskError(403, "forbidden", "only supervisors create maintenance windows")
+        now = self.svc.clock()
+        name = name.strip()
+        if not 1 <= len(name) <= 100:
+            raise DeskError(400, "invalid", "name must be 1 .. 100 characters")
+        if any(r[0].name == name for r in self.svc.maintenance.windows):
+            raise DeskError(409, "conflict", f"a maintenance window named {name!r} exists")
+        try:
+            parsed = parse_matchers(matchers)
+        except MatcherError as exc:
+            raise DeskError(400, "invalid", str(exc)) from None
+        if not parsed:
+            raise DeskError(400, "invalid", "a maintenance window needs at least one matcher (e.g. site=...)")
+        if not weekdays or any(isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= 6 for d in weekdays):
+            raise DeskError(400, "invalid", "weekdays must be a non-empty list of 0 (Monday) .. 6 (Sunday)")
+        if not _HHMM.fullmatch(start):
+            raise DeskError(400, "invalid", "start must be HH:MM (00:00 .. 23:59)")
+        days = sorted(set(weekdays))
+        if not math.isfinite(duration_min) or not 1 <= duration_min <= 1440:
+            raise DeskError(400, "invalid", "duration_min must be 1 .. 1440")
+        try:
+            tz = ZoneInfo(timezone) if _ZONE.fullmatch(timezone) else None
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = None
+        if tz is None:
+            raise DeskError(400, "invalid", f"unknown time zone {timezone[:64]!r}")
+        if until:
+            try:
+                if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", until):
+                    raise ValueError(until)
+                end = until_ts(until, tz)
+            except ValueError:
+                raise DeskError(400, "invalid", "until must be a date YYYY-MM-DD") from None
+            if end is not None and end <= now:
+                raise DeskError(400, "invalid", "until is in the past")
+        entry = MaintenanceEntry(id=f"m{os.urandom(6).hex()}", name=name, matchers=[str(m) for m in parsed],
+                                 start=start, duration_min=float(duration_min), weekdays=days, timezone=timezone,
+                                 until=until or None, author=actor.name, comment=comment[:1000], created_at=now)
+        self.svc.maintenance.put(entry)
+        self.svc.store.kv_put("maintenance", entry.id, msgspec.json.encode(entry).decode())
+        self.svc._commit()
+        log.info("alerting: %s created maintenance window %s %r (%s, %s for %g min on %s)", actor.name, entry.id,
+                 name, ", ".join(entry.matchers), start, duration_min, days)
+        return entry
+
+    def delete_maintenance(self, actor: Actor, window_id: str) -> MaintenanceEntry:
+        """Delete a run-time maintenance window (supervisors and admins; config windows are not deletable)."""
+        if not actor.at_least("supervisor"):
+            raise DeskError(403, "forbidden", "only supervisors delete maintenance windows")
+        old = self.svc.maintenance.remove(window_id)
+        if old is None:
+            raise DeskError(404, "not_found", f"no maintenance window {window_id!r}")
+        self.svc.store.kv_delete("maintenance", window_id)
+        self.svc._commit()
+        log.info("alerting: %s deleted maintenance window %s %r", actor.name, window_id, old.name)
+        return old
 
     # ------------------------------------------------------------------ duty
 

@@ -10,7 +10,7 @@ from alerting.lifecycle import AlertRecord
 
 
 def handling_figures(alerts: Iterable[AlertRecord], now: float) -> dict[str, Any]:
-    """Counts by industry / site / unit / severity / kind, MTTA, MTTR, closure rate and on-time rate.
+    """Counts by industry / site / unit / grid / severity / kind, MTTA, MTTR, closure rate and on-time rate.
 
     Closure rate: resolved / all. On-time rate: among alerts with deadlines whose outcome is known
     (closed, or open past a deadline), those acknowledged by ack-by and resolved by resolve-by.
@@ -18,12 +18,14 @@ def handling_figures(alerts: Iterable[AlertRecord], now: float) -> dict[str, Any
     total = closed = on_time = judged = 0
     tta: list[float] = []
     ttr: list[float] = []
-    by: dict[str, Counter[str]] = {k: Counter() for k in ("industry", "site", "unit", "severity", "kind", "status")}
+    by: dict[str, Counter[str]] = {k: Counter() for k in ("industry", "site", "unit", "grid", "severity", "kind",
+                                                          "status")}
     for a in alerts:
         total += 1
         by["industry"][a.industry or "-"] += 1
         by["site"][a.site or "-"] += 1
         by["unit"][a.assigned_unit or a.unit or "-"] += 1
+        by["grid"][a.labels.get("grid") or "-"] += 1  # the work-order grid the case was placed in
         by["severity"][a.severity.value] += 1
         by["kind"][a.kind.value] += 1
         by["status"][a.status.value] += 1

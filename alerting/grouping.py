@@ -32,14 +32,16 @@ class GroupState(msgspec.Struct, kw_only=True):
     """alert id -> firing / acknowledged / resolved"""
     notified: dict[str, str] = {}
 
-    def changed(self, send_resolved: bool) -> bool:
-        """Whether a notification would say something new."""
+    def changed(self, send_resolved: bool, eager: bool = False) -> bool:
+        """Whether a notification would say something new (``eager``: group_wait 0, see ``Grouper.next_at``)."""
         for aid, st in self.members.items():
             before = self.notified.get(aid)
             if st == FIRING and before != FIRING and before != ACKED:
                 return True
             if st == RESOLVED and send_resolved and before in (FIRING, ACKED):
                 return True
+            if eager and st == RESOLVED and aid not in self.notified:
+                return True  # fired and resolved before any notification (one batch after an outage)
         return False
 
     def firing(self) -> list[str]:
@@ -106,9 +108,13 @@ class Grouper:
         if plan is None:
             return None
         if g.last_flush_at is None:
-            return g.created_at + plan.group_wait_s if g.firing() else None
+            # group_wait 0 means "at once": an alert that fired and cleared inside one batch (a backlog
+            # replayed after an outage) must still reach a human, as a resolved notice. A positive
+            # group_wait deliberately swallows blips shorter than itself.
+            eager = plan.group_wait_s <= 0
+            return g.created_at + plan.group_wait_s if g.firing() or (eager and g.members) else None
         times: list[float] = []
-        if g.changed(plan.send_resolved):
+        if g.changed(plan.send_resolved, plan.group_wait_s <= 0):
             times.append(g.last_flush_at + plan.group_interval_s)
         if g.firing() and plan.repeat_interval_s > 0:
             times.append(g.last_flush_at + plan.repeat_interval_s)
@@ -154,10 +160,11 @@ class Grouper:
 
     def _flush(self, g: GroupState, now: float) -> GroupFlush:
         plan = self.plans[g.route_id]
-        changed = g.last_flush_at is None or g.changed(plan.send_resolved)
+        eager = plan.group_wait_s <= 0
+        changed = g.last_flush_at is None or g.changed(plan.send_resolved, eager)
         firing = g.firing()
-        resolved = [a for a, s in g.members.items()
-                    if s == RESOLVED and g.notified.get(a) in (FIRING, ACKED)] if plan.send_resolved else []
+        resolved = [a for a, s in g.members.items() if s == RESOLVED and (
+            (eager and a not in g.notified) or (plan.send_resolved and g.notified.get(a) in (FIRING, ACKED)))]
         g.flushes += 1
         g.last_flush_at = now
         g.notified = dict(g.members)

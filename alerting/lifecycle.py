@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -118,9 +119,14 @@ def new_alert_id(now: float | None = None) -> str:
     return f"{ms:011x}{os.urandom(4).hex()}"
 
 
-def _deadlines(severity: Severity, starts: float, d: Deadlines) -> tuple[float | None, float | None]:
+def _deadlines(severity: Severity, starts: float, d: Deadlines,
+               labels: Mapping[str, str] | None = None) -> tuple[float | None, float | None]:
     ack = d.ack_s.get(severity.value)
     res = d.resolve_s.get(severity.value)
+    category = d.categories.get((labels or {}).get("category", "")) if d.categories else None
+    if category is not None:  # e.g. the rescue clock of trapped-passenger alerts
+        ack = category.ack_s if category.ack_s is not None else ack
+        res = category.resolve_s if category.resolve_s is not None else res
     return (starts + ack if ack is not None else None, starts + res if res is not None else None)
 
 
@@ -163,7 +169,7 @@ def apply_transition(current: AlertRecord | None, recent: AlertRecord | None, t:
     if current is not None:
         raised = SEVERITY_RANK[t.severity] > SEVERITY_RANK[current.severity]
         changed_sev = t.severity != current.severity
-        ack_by, resolve_by = (_deadlines(t.severity, current.starts_at, deadlines) if changed_sev
+        ack_by, resolve_by = (_deadlines(t.severity, current.starts_at, deadlines, t.labels) if changed_sev
                               else (current.ack_by, current.resolve_by))
         rec = msgspec.structs.replace(
             current, severity=t.severity, values=t.values, updated_at=now, last_ts=tts,
@@ -177,7 +183,7 @@ def apply_transition(current: AlertRecord | None, recent: AlertRecord | None, t:
         return Outcome("updated", rec)
     starts = ts_of(t.started_at) or tts
     if recent is not None and recent.ends_at is not None and tts - recent.ends_at <= reopen_window_s:
-        ack_by, resolve_by = _deadlines(t.severity, tts, deadlines)
+        ack_by, resolve_by = _deadlines(t.severity, tts, deadlines, t.labels)
         rec = msgspec.structs.replace(
             recent, status=AlertStatus.FIRING, severity=t.severity, ends_at=None, updated_at=now, last_ts=tts,
             values=t.values, acknowledged_by=None, acknowledged_at=None, resolved_by=None, reason="re-fired",
@@ -187,7 +193,7 @@ def apply_transition(current: AlertRecord | None, recent: AlertRecord | None, t:
             esc_next_step=0, esc_repeats=0)
         return Outcome("reopened", rec, (AuditEvent(alert_id=rec.id, ts=now, actor="rule", action="reopened",
                                                     detail={"after_s": f"{tts - recent.ends_at:.0f}"}),))
-    ack_by, resolve_by = _deadlines(t.severity, starts, deadlines)
+    ack_by, resolve_by = _deadlines(t.severity, starts, deadlines, t.labels)
     rec = AlertRecord(
         id=new_id, fingerprint=t.fingerprint, rule=t.rule, severity=t.severity, status=AlertStatus.FIRING,
         kind=t.kind, device_id=t.device_id, site=t.site, unit=unit, industry=industry, labels=dict(t.labels),
@@ -249,7 +255,7 @@ def change_severity(rec: AlertRecord, actor: str, now: float, severity: Severity
                     deadlines: Deadlines) -> tuple[AlertRecord, AuditEvent]:
     """A person changes the severity; deadlines follow. Raises ``LifecycleError`` if resolved."""
     _require_open(rec, "change severity")
-    ack_by, resolve_by = _deadlines(severity, rec.starts_at, deadlines)
+    ack_by, resolve_by = _deadlines(severity, rec.starts_at, deadlines, rec.labels)
     new = msgspec.structs.replace(rec, severity=severity, ack_by=ack_by, resolve_by=resolve_by, updated_at=now,
                                   reason=reason or "severity changed")
     return new, AuditEvent(alert_id=rec.id, ts=now, actor=actor, action="severity_changed",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
@@ -115,22 +115,80 @@ def _parse_hhmm(text: str) -> tuple[int, int]:
     return int(h), int(m or 0)
 
 
+class MaintenanceEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """A recurring maintenance window created at run time (by a supervisor, from the console or a script)."""
+
+    id: str
+    name: str
+    matchers: list[str]
+    start: str
+    duration_min: float
+    weekdays: list[int]
+    timezone: str = "Asia/Shanghai"
+    until: str | None = None
+    """Last local date (``YYYY-MM-DD``) on which an occurrence starts; None = no end."""
+    author: str = ""
+    comment: str = ""
+    created_at: float = 0.0
+
+
+Window = MaintenanceWindow | MaintenanceEntry
+
+
+def until_ts(until: str | None, tz: ZoneInfo) -> float | None:
+    """The instant after which no occurrence starts: the local midnight ending the ``until`` date."""
+    if not until:
+        return None
+    d = date.fromisoformat(until)
+    return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp() + 86400.0
+
+
 class MaintenanceCalendar:
-    """Recurring maintenance windows (by site or device) in local time."""
+    """Recurring maintenance windows (by site or device) in local time: the config file's and run-time ones."""
 
     def __init__(self, windows: list[MaintenanceWindow]) -> None:
-        self.windows = [(w, parse_matchers(w.matchers), ZoneInfo(w.timezone), _parse_hhmm(w.start)) for w in windows]
+        self.windows: list[tuple[Window, tuple[Matcher, ...], ZoneInfo, tuple[int, int], float | None]] = [
+            (w, parse_matchers(w.matchers), ZoneInfo(w.timezone), _parse_hhmm(w.start), None) for w in windows]
+        self.entries: dict[str, MaintenanceEntry] = {}
+
+    def put(self, e: MaintenanceEntry) -> None:
+        """Add or replace a run-time window. Raises ``MatcherError``, ``ValueError`` (time, date) or
+        ``ZoneInfoNotFoundError``."""
+        tz = ZoneInfo(e.timezone)
+        row = (e, parse_matchers(e.matchers), tz, _parse_hhmm(e.start), until_ts(e.until, tz))
+        self.remove(e.id)
+        self.entries[e.id] = e
+        self.windows.append(row)
+
+    def remove(self, wid: str) -> MaintenanceEntry | None:
+        """Delete a run-time window."""
+        old = self.entries.pop(wid, None)
+        if old is not None:
+            self.windows = [r for r in self.windows if r[0] is not old]
+        return old
+
+    def expired(self, now: float) -> list[str]:
+        """Ids of run-time windows whose last occurrence is over."""
+        out = []
+        for w, _m, _tz, _hm, end in self.windows:
+            if isinstance(w, MaintenanceEntry) and end is not None and end + w.duration_min * 60 <= now:
+                out.append(w.id)
+        return out
 
     @staticmethod
-    def in_window(w: MaintenanceWindow, tz: ZoneInfo, hm: tuple[int, int], now: float) -> bool:
-        """Whether ``now`` falls inside an occurrence of the window (one may span midnight)."""
+    def in_window(w: Window, tz: ZoneInfo, hm: tuple[int, int], now: float, until: float | None = None) -> bool:
+        """Whether ``now`` falls inside an occurrence of the window (one may span midnight).
+
+        With ``until``, occurrences starting at or after it do not count.
+        """
         local = datetime.fromtimestamp(now, tz)
         for back in (0, 1, 2, 3, 4, 5, 6, 7):
             day = (local - timedelta(days=back)).date()
             if day.weekday() not in w.weekdays:
                 continue
             start = datetime(day.year, day.month, day.day, hm[0], hm[1], tzinfo=tz)
-            if start.timestamp() <= now < start.timestamp() + w.duration_min * 60:
+            if start.timestamp() <= now < start.timestamp() + w.duration_min * 60 and (
+                    until is None or start.timestamp() < until):
                 return True
             if back * 86400 > w.duration_min * 60 + 86400:
                 break
@@ -138,8 +196,8 @@ class MaintenanceCalendar:
 
     def mute_reason(self, alert_id: str, labels: Mapping[str, str], now: float) -> MuteReason | None:
         """The first window matching the labels and open at ``now``."""
-        for w, matchers, tz, hm in self.windows:
-            if match_all(matchers, labels) and self.in_window(w, tz, hm, now):
+        for w, matchers, tz, hm, until in self.windows:
+            if match_all(matchers, labels) and self.in_window(w, tz, hm, now, until):
                 return MuteReason("maintenance", w.name)
         return None
 

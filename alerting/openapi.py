@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 
-def _q(name: str, desc: str, schema: str = "string") -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": schema}}
+def _q(name: str, desc: str, schema: str = "string", **bounds: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": desc,
+            "schema": {"type": schema, **bounds}}
 
 
-_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_ID = {"name": "id", "in": "path", "required": True,
+       "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"}}
 _TIME = {"type": "string", "description": "RFC 3339 with offset, or epoch seconds"}
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _ALERT_RESP = {"description": "the alert after the action", "content": {"application/json": {"schema": {
@@ -21,7 +23,8 @@ def _op(summary: str, *, params: list[dict[str, Any]] | None = None, body: dict[
     op: dict[str, Any] = {"summary": summary, "description": f"Minimum role: {role}.",
                           "parameters": params or [],
                           "responses": {"200": ok or {"description": "OK"}, "400": _ERR, "401": _ERR, "403": _ERR,
-                                        "404": _ERR, "409": _ERR}}
+                                        "404": _ERR, "409": _ERR, "413": {"description": "body too large"},
+                                        "429": _ERR}}
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     return op
@@ -37,8 +40,10 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Vigil alerting API", "version": "1",
              "description": "Alerts (list, timeline, acknowledge, assign, comment, resolve, severity), silences, "
-                            "duty rosters and on-call, handling figures, the notification log. "
-                            "Authenticate with `Authorization: Bearer <token>`."},
+                            "duty rosters and on-call, handling figures, the notification log, grids and work orders. "
+                            "Authenticate with `Authorization: Bearer <token>`; too many failed tokens from one "
+                            "address (or from everyone) answer 429 for a while. Bodies, when sent, must be JSON "
+                            "objects (DELETE takes none); every query parameter is validated (400 naming it)."},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
@@ -69,7 +74,8 @@ OPENAPI: dict[str, Any] = {
         "/api/me": {"get": _op("The authenticated user")},
         "/api/alerts": {"get": _op("List and filter alerts, newest first", params=[
             _q("status", "comma-separated: firing,acknowledged,resolved"), _q("since", "started at or after"),
-            _q("until", "started before"), _q("limit", "max rows (200)", "integer"), _q("offset", "skip", "integer"),
+            _q("until", "started before"), _q("limit", "max rows (200)", "integer", minimum=1, maximum=5000),
+            _q("offset", "skip", "integer", minimum=0, maximum=1_000_000),
             *_FILTERS])},
         "/api/alerts/{id}": {"get": _op("One alert with its timeline (audit trail) and notifications",
                                         params=[_ID])},
@@ -82,6 +88,10 @@ OPENAPI: dict[str, Any] = {
                                                  ok=_ALERT_RESP)},
         "/api/alerts/{id}/resolve": {"post": _op("Close with a reason", params=[_ID],
                                                  body=_obj(reason={"type": "string"}), ok=_ALERT_RESP)},
+        "/api/alerts/{id}/driver-text": {"post": _op(
+            "Vehicle alerts: send a text to the driver (JT/T 808 0x8300 through the gateway; the terminal's reply "
+            "is audited as a jt808.command event with the returned command_id)", params=[_ID],
+            body=_obj(text={"type": "string", "maxLength": 200}, emergency={"type": "boolean"}), ok=_ALERT_RESP)},
         "/api/alerts/{id}/severity": {"post": _op("Change severity (deadlines follow)", params=[_ID],
                                                   body=_obj(severity={"type": "string"}, reason={"type": "string"}),
                                                   ok=_ALERT_RESP)},
@@ -108,8 +118,43 @@ OPENAPI: dict[str, Any] = {
                                                                           _q("until", "period end"), *_FILTERS])},
         "/api/notifications": {"get": _op("Notification log, newest first; status=dead is the dead-letter list",
                                           params=[_q("status", "pending|sending|sent|dead|digested"),
-                                                  _q("alert_id", "alert"), _q("limit", "max rows", "integer")])},
+                                                  _q("alert_id", "alert"),
+                                                  _q("limit", "max rows (200)", "integer", minimum=1, maximum=5000)])},
         "/api/notifications/{id}": {"get": _op("One notification with every delivery attempt", params=[_ID])},
         "/api/stats": {"get": _op("Service counters and hand-off latency percentiles")},
+        "/api/grids": {"get": _op("Grids (网格) with outline, staff and open cases; grid staff see their own",
+                                  role="operator (or grid_staff)")},
+        "/api/workorders": {
+            "get": _op("Work orders, newest first; grid staff see only their grids' orders", params=[
+                _q("stage", "comma-separated: new,dispatched,accepted,en_route,on_site,handled,verified,closed,"
+                            "returned"), _q("grid", "grid id"), _q("mine", "1: orders I accepted"),
+                _q("since", "opened at or after"), _q("until", "opened before"),
+                _q("limit", "max rows (200)", "integer", minimum=1, maximum=5000),
+                _q("offset", "skip", "integer", minimum=0, maximum=1_000_000)], role="operator (or grid_staff)"),
+            "post": _op("Report an incident from the field: opens a case (source grid_staff) in the grid of the "
+                        "position", body=_obj(category={"type": "string"}, summary={"type": "string"},
+                                              lat={"type": "number"}, lon={"type": "number"},
+                                              place={"type": "string"}, severity={"type": "string"}),
+                        role="supervisor (or grid_staff)"),
+        },
+        "/api/workorders/figures": {"get": _op(
+            "Work-order figures: response, arrival and closure times, on-time rate per milestone, closure rate, "
+            "satisfaction; by grid, unit, category and person", params=[
+                _q("since", "opened at or after"), _q("until", "opened before"), _q("grid", "grid"),
+                _q("unit", "unit"), _q("category", "category")], role="operator (or grid_staff: own grids)")},
+        "/api/workorders/{id}": {"get": _op("One work order with the case's timeline (another grid's: 404 for "
+                                            "grid staff)", params=[_ID], role="operator (or grid_staff)")},
+        "/api/workorders/{id}/{action}": {"post": _op(
+            "A work-order step. Grid staff: accept, depart, arrive {lat, lon, accuracy_m}, handle {notes}, "
+            "return {reason}, comment {text}. Centre (operator+): dispatch {grid}, reassign {grid, reason}, "
+            "verify {passed, note}, close {note}, satisfaction {result, note}, comment. An illegal step for the "
+            "order's stage is 409; a step of the other side is 403",
+            params=[_ID, {"name": "action", "in": "path", "required": True, "schema": {"type": "string", "enum": [
+                "accept", "depart", "arrive", "handle", "return", "dispatch", "reassign", "verify", "close",
+                "satisfaction", "comment"]}}],
+            body=_obj(note={"type": "string"}, notes={"type": "string"}, reason={"type": "string"},
+                      grid={"type": "string"}, lat={"type": "number"}, lon={"type": "number"},
+                      passed={"type": "boolean"}, result={"type": "string"}, text={"type": "string"}),
+            role="operator (or grid_staff)")},
     },
 }

@@ -1,7 +1,11 @@
 """The Apprise adapter: delivers one notification to one recipient's channels, in a thread pool.
 
-Apprise's plugins are synchronous, so every call runs in a dedicated ``ThreadPoolExecutor``
-and never blocks the event loop. Each channel is tried ``attempts`` times with jittered
+Apprise's plugins are synchronous, so every call runs in a thread and never blocks the event
+loop. Channels are isolated: each channel (Apprise URL) has its own small thread pool and its
+own slots, and every attempt has one deadline (``timeout_s`` from the moment it asks for a
+slot: waiting for a busy channel, connecting and the answer all count). A hung channel thus
+costs its own messages at most ``timeout_s`` per attempt before failover to the recipient's
+next channel, and never holds a thread or a slot another channel needs. Each channel is tried ``attempts`` times with jittered
 exponential backoff; then the next channel of the recipient (failover). The time each
 notification is first handed to Apprise is recorded for latency tracing.
 """
@@ -9,16 +13,20 @@ notification is first handed to Apprise is recorded for latency tracing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import apprise
 
 from alerting.config import Retry
+from alerting.evidence import EvidencePolicy, EvidenceRefused
 from alerting.masking import mask_url
 
 log = logging.getLogger(__name__)
@@ -28,12 +36,18 @@ logging.getLogger("apprise").setLevel(logging.CRITICAL)
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """What to send: a title, a body, and optionally an attachment URL (a camera snapshot)."""
+    """What to send: a title, a body, and optionally a snapshot reference (a camera event's ``snapshot_url``).
+
+    ``attach`` is device-supplied text and never reaches Apprise: the sender reads it through the
+    evidence policy into a temp file and hands Apprise only that file (``attach_file``).
+    """
 
     title: str
     body: str
     attach: str | None = None
     notify_type: str = "failure"
+    attach_file: str | None = None
+    """A local file the sender wrote from checked evidence bytes (set by the sender, not by callers)."""
 
 
 @dataclass(slots=True)
@@ -65,17 +79,37 @@ Transport = Callable[[str, Message], tuple[bool, str | None]]
 """Sends a message to one URL synchronously; returns (ok, error). Replaceable in tests and benchmarks."""
 
 
+def _calling_thread_asset() -> apprise.AppriseAsset:
+    """An Apprise asset that makes ``notify`` run the plugin in the calling thread."""
+    try:
+        asset = apprise.AppriseAsset(service_timeout=0)  # Apprise 2.x: no shared-pool deadline
+    except (TypeError, AttributeError):
+        asset = apprise.AppriseAsset()  # Apprise 1.x has no shared pool
+    asset.async_mode = False
+    return asset
+
+
 def apprise_transport(timeout_s: float) -> Transport:
-    """The real transport: one Apprise instance per call (plugin objects are not shared across threads)."""
+    """The real transport: one Apprise instance per call (plugin objects are not shared across threads).
+
+    The call runs in the calling thread (the channel's own): Apprise 2.x otherwise hands every
+    service call with a deadline to one process-wide pool of ``cpu + 4`` threads, where a few
+    hung channels block every other channel (measured: 1.7-2.0 s delays on a healthy one). The
+    sender enforces the deadline; the plugin's socket timeouts free the thread soon after.
+    """
 
     def send(url: str, msg: Message) -> tuple[bool, str | None]:
-        ap = apprise.Apprise()
+        ap = apprise.Apprise(asset=_calling_thread_asset())
         if not ap.add(url):
             return False, "invalid apprise url"
-        kwargs: dict[str, object] = {"body": msg.body, "title": msg.title, "notify_type": msg.notify_type,
-                                     "timeout": timeout_s}
-        if msg.attach:
-            kwargs["attach"] = msg.attach
+        for server in ap:
+            # Bound a silent server's hold on this channel's thread (connect and each read).
+            for attr in ("socket_connect_timeout", "socket_read_timeout"):
+                if hasattr(server, attr):
+                    setattr(server, attr, timeout_s)
+        kwargs: dict[str, object] = {"body": msg.body, "title": msg.title, "notify_type": msg.notify_type}
+        if msg.attach_file:
+            kwargs["attach"] = msg.attach_file
         result = ap.notify(**kwargs)  # type: ignore[arg-type]
         if bool(result):
             return True, None
@@ -103,21 +137,84 @@ def preload_apprise(urls: Iterable[str]) -> list[str]:
     return bad
 
 
+@dataclass(slots=True)
+class _Lane:
+    """One channel's own threads and slots (a slot is held until its thread is free again)."""
+
+    executor: ThreadPoolExecutor
+    slots: asyncio.Semaphore
+    running: int = 0
+
+
 class AppriseSender:
     """Delivers messages through Apprise off the event loop, with retry and channel failover."""
 
+    LANE_THREADS_MAX = 4
+    """Threads per channel at most: a hung channel can hold no more than these."""
+
     def __init__(self, retry: Retry, threads: int = 8, transport: Transport | None = None,
-                 urls: Iterable[str] = ()) -> None:
+                 urls: Iterable[str] = (), evidence: EvidencePolicy | None = None) -> None:
         self.retry = retry
+        self.evidence = evidence
+        """Without a policy no snapshot is ever attached."""
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apprise")
+        self.lane_threads = max(1, min(threads, self.LANE_THREADS_MAX))
+        self._lanes: dict[str, _Lane] = {}
+        self.counters: Counter[str] = Counter()
         self.transport = transport or apprise_transport(retry.timeout_s)
         if transport is None:
             for url in preload_apprise(urls):
                 log.warning("alerting: Apprise does not understand the channel %s; sends to it will fail", url)
 
     def close(self) -> None:
-        """Stop the thread pool (running deliveries finish)."""
+        """Stop the thread pools (running deliveries finish)."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+        for lane in self._lanes.values():
+            lane.executor.shutdown(wait=False, cancel_futures=True)
+
+    def busy_channels(self) -> dict[str, int]:
+        """Masked channel -> threads still busy (a hung channel shows its stuck threads here)."""
+        return {mask_url(url): lane.running for url, lane in self._lanes.items() if lane.running}
+
+    def _lane(self, url: str) -> _Lane:
+        lane = self._lanes.get(url)
+        if lane is None:
+            lane = self._lanes[url] = _Lane(
+                ThreadPoolExecutor(max_workers=self.lane_threads, thread_name_prefix="apprise-ch"),
+                asyncio.Semaphore(self.lane_threads))
+        return lane
+
+    async def _attempt(self, url: str, msg: Message, handed: list[float]) -> tuple[bool, str | None, float]:
+        """One try on one channel, within ``timeout_s`` counted from now (waiting for the channel included)."""
+        loop = asyncio.get_running_loop()
+        lane = self._lane(url)
+        asked = time.time()
+        timeout = self.retry.timeout_s
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lane.slots.acquire()
+        except TimeoutError:
+            self.counters["channel_busy"] += 1
+            return False, f"channel busy: no free sender within {timeout:g} s", asked
+        lane.running += 1
+
+        def freed(_f: object) -> None:
+            # Runs in the sender thread when the call ends, however late: only then is the slot free.
+            def release() -> None:
+                lane.running -= 1
+                lane.slots.release()
+            with contextlib.suppress(RuntimeError):  # the loop closed first (shutdown)
+                loop.call_soon_threadsafe(release)
+
+        fut = lane.executor.submit(self._call, url, msg, handed)
+        fut.add_done_callback(freed)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.wrap_future(fut)
+        except TimeoutError:
+            self.counters["timeouts"] += 1
+            return False, f"timeout after {timeout:g} s", asked
 
     def _call(self, url: str, msg: Message, handed: list[float]) -> tuple[bool, str | None, float]:
         start = time.time()
@@ -140,23 +237,47 @@ class AppriseSender:
         Returns:
             The delivery outcome; errors and channel names are masked.
         """
-        loop = asyncio.get_running_loop()
         out = Delivery(ok=False)
         if not channels:
             out.error = "recipient has no channels"
             return out
+        snapshot = await self._snapshot_file(msg.attach) if msg.attach else None
+        msg = Message(msg.title, msg.body, None, msg.notify_type, str(snapshot) if snapshot else None)
+        try:
+            return await self._deliver(channels, msg, on_attempt, out)
+        finally:
+            if snapshot is not None:
+                snapshot.unlink(missing_ok=True)
+
+    async def _snapshot_file(self, ref: str) -> Path | None:
+        """The checked snapshot in a temp file, or None (refused references are counted and logged)."""
+        if self.evidence is None:
+            return None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.evidence.to_temp_file, ref)
+        except EvidenceRefused as exc:
+            # The alert still goes out, without the picture; the reference itself is device text, so only
+            # its refusal reason is logged.
+            log.warning("alerting: snapshot not attached: %s", exc)
+            return None
+        except OSError as exc:
+            log.warning("alerting: snapshot not attached: temp file: %s", exc.strerror)
+            return None
+
+    async def _deliver(self, channels: list[str], msg: Message, on_attempt: Callable[[Attempt], None] | None,
+                       out: Delivery) -> Delivery:
         handed: list[float] = []
         for url in channels:
             masked = mask_url(url)
             delay = self.retry.backoff_s
             for n in range(1, max(1, self.retry.attempts) + 1):
-                # Only the last try on the last channel goes without the attachment, in case the snapshot is the
-                # reason for failure (an unreachable camera must not stop the alert).
+                # Only the last try on the last channel goes without the attachment, once something failed, in case
+                # the snapshot is the reason (a channel refusing its size must not stop the alert).
                 use = msg
-                if msg.attach and n == self.retry.attempts and url == channels[-1]:
-                    use = Message(msg.title, msg.body + f"\n{msg.attach}", None, msg.notify_type)
+                if msg.attach_file and out.attempts and n == self.retry.attempts and url == channels[-1]:
+                    use = Message(msg.title, msg.body, None, msg.notify_type)
                 t0 = time.perf_counter()
-                ok, err, started = await loop.run_in_executor(self.executor, self._call, url, use, handed)
+                ok, err, started = await self._attempt(url, use, handed)
                 att = Attempt(masked, n, ok, started, (time.perf_counter() - t0) * 1000, err)
                 out.attempts.append(att)
                 if out.handed_at is None and handed:

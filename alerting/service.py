@@ -20,6 +20,7 @@ import hashlib
 import heapq
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
@@ -30,15 +31,17 @@ import msgspec
 from alerting import escalation as esc
 from alerting.config import AlertingConfig, EscalationPolicy, Receiver
 from alerting.desk import AlertDesk
+from alerting.evidence import EvidencePolicy
 from alerting.grouping import ACKED, FIRING, RESOLVED, Grouper, GroupFlush, GroupState
 from alerting.lifecycle import AlertRecord, AuditEvent, apply_transition, check_overdue, new_alert_id, to_contract
-from alerting.muting import Inhibitor, MaintenanceCalendar, Muter, SilenceEntry, SilenceSet
+from alerting.muting import Inhibitor, MaintenanceCalendar, MaintenanceEntry, Muter, SilenceEntry, SilenceSet
 from alerting.roster import DutyRoster, OverrideEntry
 from alerting.router import Router
 from alerting.sender import AppriseSender, Attempt, Message, Transport
 from alerting.store import AlertStore
 from alerting.storm import StormControl
 from alerting.templates import MessageTemplates
+from alerting.workorders.desk import WorkOrderDesk
 from broker.contracts import (
     TRANSITIONS_FILTER,
     Alert,
@@ -53,7 +56,7 @@ from broker.contracts import (
 )
 from broker.ingest import DeviceIngest
 from broker.mqtt import Message as MqttMessage
-from broker.mqtt import MqttClient
+from broker.mqtt import MqttClient, NotDurable
 from broker.registry import DeviceRegistry
 
 log = logging.getLogger(__name__)
@@ -87,14 +90,17 @@ class AlertingService:
         self.grouper = Grouper(self.router.plans)
         self.silences = SilenceSet()
         self.inhibitor = Inhibitor(config.inhibit_rules)
-        self.muter = Muter(self.silences, MaintenanceCalendar(config.maintenance), self.inhibitor)
+        self.maintenance = MaintenanceCalendar(config.maintenance)
+        self.muter = Muter(self.silences, self.maintenance, self.inhibitor)
         self.roster = DutyRoster(config.people, config.rosters)
         self.policies: dict[str, EscalationPolicy] = {p.name: p for p in config.escalation_policies}
         self.receivers: dict[str, Receiver] = {r.name: r for r in config.receivers}
         self.templates = MessageTemplates(config.console_url, config.timezone, config.templates)
+        self.evidence = EvidencePolicy(config.evidence)
         self.sender = AppriseSender(config.retry, config.sender_threads, transport,
                                     urls=[u for r in config.receivers for u in r.urls]
-                                    + [u for p in config.people for u in p.channels])
+                                    + [u for p in config.people for u in p.channels],
+                                    evidence=self.evidence)
         self.storm = StormControl(config.storm.max_per_minute, config.storm.digest_s)
         self.open: dict[str, AlertRecord] = {}
         self.by_fingerprint: dict[str, str] = {}
@@ -114,7 +120,11 @@ class AlertingService:
         self._inflight: set[int] = set()
         self._queued: set[int] = set()
         self.api_port: int | None = None
+        self._diverged: str | None = None
+        """Set when SQLite rolled back a batch the lifecycle had applied in memory (see _commit_or_hold)."""
         self.desk = AlertDesk(self)
+        self.workorders: WorkOrderDesk | None = (WorkOrderDesk(self, config.workorders, state_dir)
+                                                 if config.workorders.enabled else None)
         self._load(self.clock())
 
     # ------------------------------------------------------------------ runtime interface
@@ -131,8 +141,7 @@ class AlertingService:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._timer_loop(), name="alerting-timer")
-                for i in range(max(1, self.config.sender_concurrency)):
-                    tg.create_task(self._send_loop(), name=f"alerting-sender-{i}")
+                tg.create_task(self._send_loop(), name="alerting-sender")
                 if self.config.api.enabled:
                     tg.create_task(self._serve_api(), name="alerting-api")
         finally:
@@ -150,6 +159,13 @@ class AlertingService:
         out["groups"] = float(len(self.grouper.groups))
         out["send_queue"] = float(self._queue.qsize()) if self._queue is not None else 0.0
         out["storm_held"] = float(self.storm.held())
+        out["evidence_fetched"] = float(self.evidence.fetched)
+        if self.workorders is not None:
+            out["workorders_open"] = float(len(self.workorders.open))
+            out["grids"] = float(len(self.workorders.grids.grids))
+            out["grids_reload_errors"] = float(self.workorders.grids.errors)
+        for reason, n in self.evidence.refused.items():
+            out[f"evidence_refused_{reason}"] = float(n)
         for name, key in (("internal", "recv"), ("source", "source_ts")):
             lat = sorted((h["handed_at"] - h[key]) * 1000 for h in self.handoffs if h.get(key))
             if lat:
@@ -187,6 +203,11 @@ class AlertingService:
             self.silences.put(entry)
         for data in self.store.kv_all("silence").values():
             self.silences.put(msgspec.json.decode(data, type=SilenceEntry))
+        for key, data in self.store.kv_all("maintenance").items():
+            try:  # written by AlertDesk.create_maintenance, checked then; a later zone database may lack its zone
+                self.maintenance.put(msgspec.json.decode(data, type=MaintenanceEntry))
+            except (msgspec.DecodeError, ValueError, KeyError) as exc:
+                log.warning("alerting: ignoring unreadable maintenance window %r (left in the store): %s", key[:100], exc)
         for i, o in enumerate(self.config.overrides):
             self.roster.overrides[f"config-{i}"] = OverrideEntry(
                 id=f"config-{i}", roster=o.roster, person=o.person, starts_at=_parse_time(o.starts_at),
@@ -256,7 +277,7 @@ class AlertingService:
                 self.counters["transition_errors"] += 1
                 log.exception("alerting: transition %s for %s failed", t.rule, t.device_id)
         self._flush_groups(now)
-        self._commit()
+        self._commit_or_hold()
 
     def _first_sight(self, payload: bytes, now: float) -> bool:
         """Whether this exact transition is new within the last ``_SEEN_WINDOW_S`` seconds.
@@ -297,7 +318,7 @@ class AlertingService:
                 self.counters["transition_errors"] += 1
                 log.exception("alerting: transition %s for %s failed", t.rule, t.device_id)
         self._flush_groups(now)
-        self._commit()
+        self._commit_or_hold()
 
     def _apply(self, t: Transition, now: float, received: float) -> None:
         current_id = self.by_fingerprint.get(t.fingerprint)
@@ -305,6 +326,8 @@ class AlertingService:
         recent = self.store.latest_resolved(t.fingerprint) if current is None and t.status == "firing" else None
         site = self.registry.site_of(t.device_id) if self.registry is not None else None
         unit, industry = (site.unit, site.industry) if site is not None else ("", "")
+        if self.workorders is not None and current is None:
+            t = self.workorders.place(t, site)  # the case's grid, from its site or its position
         labels = dict(t.labels)
         labels.update(rule=t.rule, severity=t.severity.value, kind=t.kind.value, device_id=t.device_id,
                       site=t.site or "", unit=labels.get("unit") or unit, industry=labels.get("industry") or industry)
@@ -317,6 +340,8 @@ class AlertingService:
             return
         rec = out.record
         self._save(rec, out.events)
+        if self.workorders is not None:
+            self.workorders.on_alert(rec, out.change, now)
         self._recv_at_alert[rec.id] = received
         if len(self._recv_at_alert) > 100000:
             self._recv_at_alert.clear()
@@ -360,7 +385,7 @@ class AlertingService:
         if pol is not None and firing and not fl.repeat:
             targets += esc.immediate_targets(pol)
         head = firing[0] if firing else resolved[0]
-        recipients = self.resolve_targets(targets, head.assigned_unit or head.unit, now)
+        recipients = self.resolve_targets(targets, head.assigned_unit or head.unit, now, head.labels.get("grid", ""))
         self._queue_for(recipients, kind, firing, resolved, now, f"g:{fl.key}:{fl.seq}", step=None)
 
     def _muted(self, rec: AlertRecord, now: float) -> bool:
@@ -370,8 +395,10 @@ class AlertingService:
             return True
         return False
 
-    def resolve_targets(self, targets: list[str], unit: str, now: float) -> list[str]:
-        """Turn targets (``person:``, ``role:``, ``roster:``, ``receiver:`` or a receiver name) into recipients."""
+    def resolve_targets(self, targets: list[str], unit: str, now: float, grid: str = "") -> list[str]:
+        """Turn targets (``person:``, ``role:``, ``roster:``, ``receiver:``, ``grid:staff|duty`` or a receiver name)
+        into recipients; ``grid:staff`` are the staff of the alert's grid (``alerting.grids``), ``grid:duty`` those
+        of them on duty in the grid's roster (all of them without one)."""
         out: list[str] = []
         for t in targets:
             kind, _, name = t.partition(":")
@@ -387,6 +414,10 @@ class AlertingService:
             elif kind == "roster":
                 s = self.roster.shift(name, now)
                 found = [f"person:{s.person}"] if s is not None else []
+            elif kind == "grid" and name == "staff" and self.workorders is not None:
+                found = [f"person:{p}" for p in self.workorders.staff_of(grid)]
+            elif kind == "grid" and name == "duty" and self.workorders is not None:
+                found = [f"person:{p}" for p in self.workorders.on_duty_in(grid, now)]
             for f in found:
                 if f not in out:
                     out.append(f)
@@ -434,6 +465,8 @@ class AlertingService:
         """Run everything due at ``now``: group flushes, escalation rungs, deadlines, digests, silence expiry."""
         now = self.clock() if now is None else now
         self._flush_groups(now)
+        if self.workorders is not None:
+            self.workorders.tick(now)
         rungs: dict[tuple[str, int, int], list[AlertRecord]] = {}
         overdue: dict[str, list[AlertRecord]] = {}  # batched per recipient, like escalation rungs
         while self._timers and self._timers[0][0] <= now:
@@ -461,7 +494,8 @@ class AlertingService:
                                                       "muted": str(muted).lower()}),)
                         if muted:
                             continue
-                        for rcpt in self.resolve_targets(list(d.targets), rec.assigned_unit or rec.unit, now):
+                        for rcpt in self.resolve_targets(list(d.targets), rec.assigned_unit or rec.unit, now,
+                                                         rec.labels.get("grid", "")):
                             rungs.setdefault((rcpt, d.step, d.repeat), []).append(rec)
             if events:
                 actions = {e.action for e in events}
@@ -471,7 +505,8 @@ class AlertingService:
                         rec, now):
                     plan = self.router.routes_for(rec.match_labels())[0]
                     targets = list(plan.receivers) + ([f"person:{rec.assignee}"] if rec.assignee else [])
-                    for rcpt in self.resolve_targets(targets, rec.assigned_unit or rec.unit, now):
+                    for rcpt in self.resolve_targets(targets, rec.assigned_unit or rec.unit, now,
+                                                     rec.labels.get("grid", "")):
                         overdue.setdefault(rcpt, []).append(rec)
                 self._save(rec, events)
             else:
@@ -495,6 +530,9 @@ class AlertingService:
         for sid in self.silences.expired(now):
             self.silences.remove(sid)
             self.store.kv_delete("silence", sid)
+        for wid in self.maintenance.expired(now):
+            self.maintenance.remove(wid)
+            self.store.kv_delete("maintenance", wid)
         self._commit(wake=False)
 
     def _next_wake(self) -> float:
@@ -523,6 +561,30 @@ class AlertingService:
 
     # ------------------------------------------------------------------ commit, publish, send
 
+    def _commit_or_hold(self) -> None:
+        """Commit a handled batch; if the disk refuses it, the batch must not be acknowledged.
+
+        If SQLite kept the transaction open after the failed COMMIT, the MQTT client holds the batch
+        and retries the commit (publishing and sending follow it). If SQLite rolled it back (what it
+        does for a full disk in WAL mode), the alerts in memory are ahead of the database: nothing
+        more is acknowledged until the node is restarted (it then reloads the database and the
+        broker redelivers every unacknowledged transition); the health model reports the stall.
+        """
+        try:
+            self._commit()
+        except sqlite3.OperationalError as exc:
+            self.counters["commit_errors"] += 1
+            if self.store.db.in_transaction:
+                raise NotDurable(f"alerting database: {exc}", self._commit) from None
+            self._diverged = f"alerting database: {exc}; rolled back, restart the node once there is space"
+            log.error("alerting: %s", self._diverged)
+        if self._diverged is not None:
+            raise NotDurable(self._diverged, self._refuse_until_restart)
+
+    def _refuse_until_restart(self) -> None:
+        assert self._diverged is not None
+        raise NotDurable(self._diverged, self._refuse_until_restart)
+
     def _commit(self, wake: bool = True) -> None:
         self.store.commit()
         if self._to_publish:
@@ -539,6 +601,8 @@ class AlertingService:
 
     def _publish(self, rec: AlertRecord) -> None:
         alert = to_contract(rec)
+        if self.workorders is not None:
+            alert = self.workorders.decorate(alert)
         topic = alert_topic(rec.kind, rec.device_id, rec.id)
         payload = encode(alert)
         if rec.is_open:
@@ -578,23 +642,34 @@ class AlertingService:
         self.store.commit()
 
     async def _send_loop(self) -> None:
+        """Start every queued delivery as its own task: a delivery waiting on a hung channel holds no
+        worker another channel's alert needs (the sender isolates channels; see alerting.sender)."""
         assert self._queue is not None
-        while True:
-            nid = await self._queue.get()
-            self._queued.discard(nid)
-            self._inflight.add(nid)
-            task = asyncio.ensure_future(self._send(nid))
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                # Let a delivery in flight finish (bounded) so a shutdown does not leave it half-recorded.
-                await asyncio.wait({task}, timeout=self.config.retry.timeout_s)
-                raise
-            except Exception:
-                self.counters["sender_errors"] += 1
-                log.exception("alerting: delivery of notification %d failed", nid)
-            finally:
-                self._inflight.discard(nid)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                nid = await self._queue.get()
+                self._queued.discard(nid)
+                self._inflight.add(nid)
+                task = asyncio.create_task(self._send_one(nid), name=f"alerting-send-{nid}")
+                running.add(task)
+                task.add_done_callback(running.discard)
+        except asyncio.CancelledError:
+            # Let deliveries in flight finish (bounded) so a shutdown does not leave them half-recorded.
+            if running:
+                await asyncio.wait(running, timeout=self.config.retry.timeout_s)
+            for task in running:
+                task.cancel()
+            raise
+
+    async def _send_one(self, nid: int) -> None:
+        try:
+            await self._send(nid)
+        except Exception:
+            self.counters["sender_errors"] += 1
+            log.exception("alerting: delivery of notification %d failed", nid)
+        finally:
+            self._inflight.discard(nid)
 
     async def _send(self, nid: int) -> None:
         row = self.store.notification(nid)

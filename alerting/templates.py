@@ -1,14 +1,19 @@
 """Notification texts from templates, Chinese by default, English available.
 
 Templates are ``str.format`` strings over a fixed set of fields (``LINE_FIELDS``) so a deployment
-can override them in config (``templates: {zh: {line: ..., firing: ...}}``) without code.
-Times are shown in the control room's time zone.
+can override them in config (``templates: {zh: {line: ..., firing: ...}}``) without code. The
+title and the body are rendered from one context per alert (``MessageTemplates.context``), so a
+field that works in one works in the other; a field a template names that the context lacks is
+left as written rather than turned into ``?``. Times are shown in the control room's time zone.
 """
 
 from __future__ import annotations
 
+import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from alerting.lifecycle import AlertRecord
@@ -27,9 +32,25 @@ LINE = {
     "zh": "{sev} {summary}\n设备 {device_id}  站点 {site}  单位 {unit}\n开始 {starts}  应确认 {ack_by}\n{link}",
     "en": "{sev} {summary}\nDevice {device_id}  site {site}  unit {unit}\nStarted {starts}  ack by {ack_by}\n{link}",
 }
-LINE_FIELDS = ("sev", "summary", "device_id", "site", "unit", "starts", "ack_by", "link")
-"""Fields a ``line`` template may use."""
+LINE_FIELDS = ("sev", "summary", "device_id", "site", "unit", "starts", "ack_by", "link", "rule", "kind",
+               "severity", "id", "device")
+"""Fields a ``line`` or title template may use."""
 STEP = {"zh": "（第 {n} 级升级）", "en": " (escalation step {n})"}
+
+
+class _Keep(dict[str, Any]):
+    """A format mapping that leaves unknown fields as written (``{x}``) instead of failing."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fill(template: str, context: Mapping[str, Any]) -> str:
+    """``template.format(**context)``, unknown fields and bad specs left as written."""
+    try:
+        return string.Formatter().vformat(template, (), _Keep(context))
+    except (ValueError, IndexError, AttributeError, KeyError):
+        return template
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,25 +81,36 @@ class MessageTemplates:
     def _t(self, ts: float | None) -> str:
         return "-" if ts is None else datetime.fromtimestamp(ts, self.tz).strftime("%m-%d %H:%M:%S")
 
+    def context(self, a: AlertRecord, locale: str) -> dict[str, str]:
+        """The fields of one alert, shared by the title and the body (``LINE_FIELDS``)."""
+        summary = (a.summary_en or a.summary or a.rule) if locale == "en" else (a.summary or a.rule)
+        ctx = {
+            "sev": f"[{SEVERITY_NAMES.get(locale, SEVERITY_NAMES['zh'])[a.severity.value]}]",
+            "severity": SEVERITY_NAMES.get(locale, SEVERITY_NAMES["zh"])[a.severity.value],
+            "device_id": a.device_id, "device": a.device_id, "kind": str(a.kind), "rule": a.rule, "id": a.id,
+            "site": a.site or "-", "unit": a.assigned_unit or a.unit or "-",
+            "starts": self._t(a.starts_at), "ack_by": self._t(a.ack_by), "link": f"{self.console_url}/alerts/{a.id}",
+        }
+        # A summary that still names fields (a rule written against this context) is filled from it too.
+        ctx["summary"] = fill(summary, ctx) if "{" in summary else summary
+        return ctx
+
     def line(self, a: AlertRecord, locale: str) -> str:
         """One alert as text."""
-        summary = (a.summary_en or a.summary or a.rule) if locale == "en" else (a.summary or a.rule)
-        return self.lines.get(locale, self.lines["zh"]).format(
-            sev=f"[{SEVERITY_NAMES.get(locale, SEVERITY_NAMES['zh'])[a.severity.value]}]", summary=summary,
-            device_id=a.device_id, site=a.site or "-", unit=a.assigned_unit or a.unit or "-",
-            starts=self._t(a.starts_at), ack_by=self._t(a.ack_by), link=f"{self.console_url}/alerts/{a.id}")
+        return fill(self.lines.get(locale, self.lines["zh"]), self.context(a, locale))
 
     def render(self, kind: str, firing: list[AlertRecord], resolved: list[AlertRecord], locale: str,
                step: int | None = None) -> Rendered:
         """A notification about alerts (``kind``: firing, resolved, repeat, escalation, overdue, digest)."""
         titles = self.titles.get(locale, self.titles["zh"])
         head = firing[0] if firing else (resolved[0] if resolved else None)
-        what = "" if head is None else ((head.summary_en or head.summary) if locale == "en" else head.summary)
         n = len(firing) + len(resolved)
         title = titles.get(kind, kind)
-        if kind != "digest" and head is not None:
-            sev = SEVERITY_NAMES.get(locale, SEVERITY_NAMES["zh"])[head.severity.value]
-            title = f"[{sev}] {title}: {what or head.rule} - {head.device_id}"
+        if head is not None:
+            ctx = self.context(head, locale)
+            title = fill(title, ctx)
+            if kind != "digest":
+                title = f"{ctx['sev']} {title}: {ctx['summary']} - {head.device_id}"
             if n > 1:
                 title += f" (+{n - 1})" if locale == "en" else f" 等 {n} 条"
         if step is not None:

@@ -12,7 +12,13 @@ publishes a reading that breaks a zero-hold threshold rule; the time from its pu
 notification reaching a local HTTP receiver through Apprise (json://) is measured, and, when
 alerting exposes it, to the hand-off to Apprise.
 
+Probes are of two kinds, alternating: a telemetry reading (rides the telemetry lane, so it waits
+behind whatever telemetry is queued) and a device event (the alarm lane, ``vigil.runtime``). In
+the capacity phase event probes are also published while the platform drains its backlog, to
+show whether an alarm waits behind queued telemetry.
+
 Run: .venv/bin/python bench/bench_e2e.py [--devices 1000] [--rate 10] [--duration 60] [--probes 100]
+     [--profile-dir bench/profiles/NAME]  (py-spy samples the platform while it drains the backlog)
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ rules:
       threshold: {{value: speed_mps, above: 100, clear_below: 50}}
     summary: "探针 {{device_id}}"
     summary_en: "probe {{device_id}}"
+  - name: bench_latency_event_probe
+    kind: elevator
+    devices: [{event_devices}]
+    severity: critical
+    condition:
+      event: {{type: bench_probe, resolve_after: 1min}}
+    summary: "事件探针 {{device_id}}"
+    summary_en: "event probe {{device_id}}"
 """
 
 
@@ -74,6 +88,43 @@ def proc_sample(pid: int) -> tuple[float, int]:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1]) * 1024
     return cpu, rss
+
+
+def procs_sample(pids: list[int]) -> tuple[float, int]:
+    """``proc_sample`` summed over processes (a partitioned platform)."""
+    cpu, rss = 0.0, 0
+    for pid in pids:
+        c, r = proc_sample(pid)
+        cpu += c
+        rss += r
+    return cpu, rss
+
+
+class PlatformGroup:
+    """The platform's processes: one, or one per partition (``--partitions``)."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+
+    @property
+    def pid(self) -> int:
+        return self.procs[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def poll(self) -> int | None:
+        codes = [p.poll() for p in self.procs]
+        return next((c for c in codes if c is not None), None)
+
+    def terminate(self) -> None:
+        for p in self.procs:
+            p.terminate()
+
+    def wait(self, timeout: float) -> None:
+        for p in self.procs:
+            p.wait(timeout)
 
 
 OTHERS: dict[str, int] = {}
@@ -132,13 +183,20 @@ async def main() -> None:
                     help="Mosquitto max_inflight_messages per client (0: no limit)")
     ap.add_argument("--capacity-messages", type=int, default=200_000,
                     help="messages queued while the platform is stopped, then drained (0 skips)")
+    ap.add_argument("--backlog-probes", type=int, default=20,
+                    help="event probes published while the platform drains the capacity backlog")
+    ap.add_argument("--partitions", type=int, default=1,
+                    help="platform processes, each handling the devices of one partition (mqtt.partition)")
+    ap.add_argument("--profile-dir", help="sample the draining platform with py-spy into this folder")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         registry = DeviceRegistry.from_data({"services": [
             {"name": "vigil-platform", "role": "platform", "password": "bench-platform"},
-            {"name": "vigil-simulator", "role": "gateway", "password": "bench-sim"},
+            # Many publisher connections share this account: on the field listener the client id is the
+            # account, so they would replace each other; the platform listener lets them choose ids.
+            {"name": "vigil-simulator", "role": "platform", "password": "bench-sim"},
         ]})
         influx = InfluxdProcess(tmp / "influxdb")
         influx.start()
@@ -155,47 +213,62 @@ async def main() -> None:
         recv_port = free_port()
         await web.TCPSite(runner, "127.0.0.1", recv_port).start()
 
-        probe_ids = [f"probe-{i:04d}" for i in range(args.probes)]
-        (tmp / "probe.yaml").write_text(PROBE_RULE.format(devices=", ".join(probe_ids)))
+        probe_ids = [f"probe-{'te'[i % 2]}-{i:04d}" for i in range(args.probes)]
+        backlog_ids = [f"probe-b-{i:04d}" for i in range(args.backlog_probes)]
+        (tmp / "probe.yaml").write_text(PROBE_RULE.format(
+            devices=", ".join(d for d in probe_ids if d.startswith("probe-t-")) or "none",
+            event_devices=", ".join([d for d in probe_ids if d.startswith("probe-e-")] + backlog_ids) or "none"))
         layout = BrokerLayout(data_dir=tmp / "mosquitto", port=free_port(), max_inflight_messages=args.broker_inflight)
         with MosquittoProcess(layout, registry) as broker:
             assert broker.proc is not None and influx.proc is not None
             OTHERS.update({"mosquitto": broker.proc.pid, "influxd": influx.proc.pid})
-            plat_url = f"mqtt://vigil-platform:bench-platform@127.0.0.1:{broker.port}"
-            sim_url = f"mqtt://vigil-simulator:bench-sim@127.0.0.1:{broker.port}"
-            config = {
-                "node": "bench", "state_dir": str(tmp / "state"), "log_level": "warning",
-                "services": ["rules", "alerting", "storage"],
-                "mqtt": {"url": plat_url, "client_id": "vigil-bench"},
-                "rules": {"packs": ["elevator"], "paths": [str(tmp / "probe.yaml")]},
-                "storage": {"backend": "influxdb-v1", "influxdb_v1": {"url": influx.url, "database": "vigil"}},
-                "alerting": {
-                    "receivers": [{"name": "duty", "urls": [f"json://127.0.0.1:{recv_port}/duty"]}],
-                    "people": [], "escalation_policies": [], "inhibit_rules": [],
-                    "route": {"receivers": ["duty"], "group_by": ["rule", "device_id"], "group_wait_s": 0,
-                              "group_interval_s": 0, "repeat_interval_s": 3600},
-                    "storm": {"max_per_minute": 1_000_000},
-                    "api": {"enabled": False},
-                },
-            }
-            (tmp / "vigil.yaml").write_text(yaml.safe_dump(config))
+            plat_url = broker.account_url("vigil-platform", "bench-platform")
+            sim_url = broker.account_url("vigil-simulator", "bench-sim")
+            def config(part: int) -> dict[str, Any]:
+                # Partition 0 runs alerting (one notifier per deployment); the others send it their
+                # transitions over MQTT.
+                n = args.partitions
+                mqtt: dict[str, Any] = {"url": plat_url, "client_id": "vigil-bench" + (f"-p{part}" if part else "")}
+                if n > 1:
+                    mqtt["partition"] = f"{part}/{n}"
+                return {
+                    "node": "bench" + (f"-p{part}" if part else ""), "state_dir": str(tmp / "state"),
+                    "log_level": "warning",
+                    "services": ["rules", "alerting", "storage"] if part == 0 else ["rules", "storage"],
+                    "mqtt": mqtt,
+                    "rules": {"packs": ["elevator"], "paths": [str(tmp / "probe.yaml")]},
+                    "storage": {"backend": "influxdb-v1", "influxdb_v1": {"url": influx.url, "database": "vigil"}},
+                    "alerting": {
+                        "receivers": [{"name": "duty", "urls": [f"json://127.0.0.1:{recv_port}/duty"]}],
+                        "people": [], "escalation_policies": [], "inhibit_rules": [],
+                        "route": {"receivers": ["duty"], "group_by": ["rule", "device_id"], "group_wait_s": 0,
+                                  "group_interval_s": 0, "repeat_interval_s": 3600},
+                        "storm": {"max_per_minute": 1_000_000},
+                        "api": {"enabled": False},
+                    },
+                }
+
+            for part in range(args.partitions):
+                (tmp / f"vigil-{part}.yaml").write_text(yaml.safe_dump(config(part)))
             log_path = Path(args.platform_log) if args.platform_log else tmp / "platform.log"
 
-            def start_platform() -> subprocess.Popen[bytes]:
-                return subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(tmp / "vigil.yaml")],
-                                        stderr=log_path.open("a"))
+            def start_platform() -> PlatformGroup:
+                return PlatformGroup([
+                    subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(tmp / f"vigil-{part}.yaml")],
+                                     stderr=log_path.open("a")) for part in range(args.partitions)])
 
             platform = start_platform()
             await asyncio.sleep(4)
             print(f"machine: {os.cpu_count()} cores; Mosquitto {broker.url}; InfluxDB 1.6 {influx.url}; "
-                  f"platform pid {platform.pid}")
+                  f"platform pids {platform.pids}")
             try:
                 if not args.skip_ingest:
-                    await ingest_phase(args, sim_url, influx.url, platform.pid)
+                    await ingest_phase(args, sim_url, influx.url, platform.pids)
                 if args.capacity_messages:
-                    platform = await capacity_phase(args, sim_url, influx.url, platform, start_platform)
+                    platform = await capacity_phase(args, sim_url, influx.url, platform, start_platform,
+                                                    backlog_ids, received, tmp / "state")
                 if not args.skip_latency:
-                    await latency_phase(args, sim_url, plat_url, probe_ids, received, platform.pid, tmp / "state")
+                    await latency_phase(args, sim_url, plat_url, probe_ids, received, platform.pids, tmp / "state")
             finally:
                 platform.terminate()
                 platform.wait(30)
@@ -206,22 +279,22 @@ async def main() -> None:
         influx.stop()
 
 
-async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, pid: int) -> None:
+async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, pids: list[int]) -> None:
     target = args.devices * args.rate
     print(f"\n[ingest] {args.devices} devices x {args.rate} Hz = {target:,.0f} msg/s target, QoS 1, "
           f"{args.duration:.0f} s, {args.publishers} publisher processes")
-    cpu0, _ = proc_sample(pid)
+    cpu0, _ = procs_sample(pids)
     o0 = others_cpu()
     t0 = time.time()
     out = run_fleets(sim_url, args.devices, args.rate, args.duration, args.publishers, "ing")
     rss_peak = 0
     while time.time() - t0 < args.duration:
         await asyncio.sleep(1)
-        rss_peak = max(rss_peak, proc_sample(pid)[1])
+        rss_peak = max(rss_peak, procs_sample(pids)[1])
     results = [await asyncio.to_thread(out.get, True, 300) for _ in range(args.publishers)]
     published = sum(r[0] for r in results)
     pub_time = max(r[1] for r in results)
-    cpu1, _ = proc_sample(pid)
+    cpu1, _ = procs_sample(pids)
     pub_done = time.time()
     others_while_publishing = others_share(o0, pub_done - t0)
     query = "SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^ing/"
@@ -232,7 +305,7 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
             break
         await asyncio.sleep(1)
     done = time.time()
-    cpu2, rss = proc_sample(pid)
+    cpu2, rss = procs_sample(pids)
     print(f"  published {published:,} in {pub_time:.1f} s = {published / pub_time:,.0f} msg/s (publishers' pace)")
     print(f"  landed in InfluxDB: {landed:,} ({published - landed:,} missing) ; all landed "
           f"{done - pub_done:.1f} s after the last publish; end-to-end {landed / (done - t0):,.0f} points/s")
@@ -241,8 +314,9 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
     print(f"  other servers while publishing: {others_while_publishing} (the publishers take the rest)")
 
 
-async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str, platform: subprocess.Popen[bytes],
-                         start_platform: Any) -> subprocess.Popen[bytes]:
+async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str, platform: PlatformGroup,
+                         start_platform: Any, backlog_ids: list[str], received: list[tuple[float, dict[str, Any]]],
+                         state_dir: Path) -> PlatformGroup:
     """The platform's own capacity: queue messages in its persistent session while it is stopped,
     then start it and time the drain into InfluxDB, with the load generators no longer competing."""
     platform.terminate()
@@ -256,51 +330,119 @@ async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str
     t0 = time.time()
     o0 = others_cpu()
     platform = start_platform()
+    spy = None
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(platform.pid),
+                                "--rate", "97", "--format", "raw", "--nonblocking",
+                                "--output", str(Path(args.profile_dir) / "drain.collapsed.txt")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0 = 0.0
     landed = 0
+    samples: list[tuple[float, float, int]] = []
+    state = {"landed": 0, "done": False}
+    prober = asyncio.create_task(backlog_probes(sim_url, backlog_ids, received, published, state))
     while time.time() - t0 < 600:
         await asyncio.sleep(0.5)
         if platform.poll() is None:
-            cpu0 = max(cpu0, proc_sample(platform.pid)[0])
+            cpu0 = max(cpu0, procs_sample(platform.pids)[0])
         landed = await asyncio.to_thread(influx_count, influx_url, query)
+        state["landed"] = landed
+        samples.append((time.time(), cpu0, landed))
         if landed >= published:
             break
     took = time.time() - t0
+    state["done"] = True
     others = others_share(o0, took)
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait(30)
+    lat = await prober
     print(f"  {landed:,} of {published:,} landed {took:.1f} s after the platform started (includes its start-up): "
           f"{landed / took:,.0f} msg/s; platform CPU {cpu0:.1f} s = {cpu0 / took * 100:.0f}% of one core, "
           f"{cpu0 / max(landed, 1) * 1e6:.0f} µs of CPU per message; meanwhile {others}")
+    # Steady state, without start-up: between 20% and 90% of the backlog landed.
+    window = [x for x in samples if 0.2 * published <= x[2] <= 0.9 * published]
+    if len(window) >= 2 and window[-1][2] > window[0][2]:
+        (ta, ca, la), (tb, cb, lb) = window[0], window[-1]
+        print(f"  steady drain (20% -> 90% landed): {(lb - la) / (tb - ta):,.0f} msg/s, platform CPU "
+              f"{(cb - ca) / (tb - ta) * 100:.0f}% of one core, {(cb - ca) / (lb - la) * 1e6:.0f} µs of CPU per message")
+    if lat:
+        backlogs = [b for _, b in lat]
+        ms = [m for m, _ in lat]
+        print(f"  event probes during the drain: n={len(ms)} of {len(backlog_ids)} (telemetry still queued then: "
+              f"{min(backlogs):,} - {max(backlogs):,}); publish -> notification p50 {statistics.median(ms):.1f} ms, "
+              f"p99 {pct(ms, 99):.1f} ms, max {max(ms):.1f} ms")
     await asyncio.sleep(2)
+    legs = probe_legs(state_dir / "bench" / "alerting" / "alerting.sqlite3", "probe-b-")
+    print_legs(legs)
     return platform
 
 
+async def backlog_probes(sim_url: str, probe_ids: list[str], received: list[tuple[float, dict[str, Any]]],
+                         published: int, state: dict[str, Any]) -> list[tuple[float, int]]:
+    """Event probes while the capacity backlog drains: (ms publish -> notification, telemetry still queued)."""
+    out: list[tuple[float, int]] = []
+    if not probe_ids:
+        return out
+    while not state["landed"] and not state["done"]:
+        await asyncio.sleep(0.1)  # the platform's start-up: probe once it is draining
+    async with MqttClient(sim_url, "bench-backlog-probe", clean_start=True) as probe:
+        for dev in probe_ids:
+            if state["done"]:
+                break
+            backlog = published - state["landed"]
+            ms = await one_probe(probe, dev, "event", received)
+            if ms is not None:
+                out.append((ms, backlog))
+            await asyncio.sleep(0.2)
+    return out
+
+
+async def one_probe(probe: MqttClient, dev: str, channel: str, received: list[tuple[float, dict[str, Any]]],
+                    timeout: float = 10.0) -> float | None:
+    """Publish one alarm-raising message for ``dev``; ms until its notification reached the receiver."""
+    before = len(received)
+    now = datetime.now(UTC).isoformat()
+    if channel == "event":
+        payload = json.dumps({"ts": now, "type": "bench_probe", "state": "start", "event_id": dev}).encode()
+    else:
+        payload = json.dumps({"ts": now, "metrics": {"speed_mps": 150.0}}).encode()
+    t_pub = time.time()
+    await probe.publish(f"vigil/v1/elevator/{dev}/{channel}", payload)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for t_recv, body in received[before:]:
+            if dev in json.dumps(body, ensure_ascii=False):
+                return (t_recv - t_pub) * 1000
+        await asyncio.sleep(0.002)
+    return None
+
+
+def print_legs(legs: dict[str, list[float]]) -> None:
+    if legs:
+        print(f"  per probe, from alerting's notification log (n={len(legs['publish -> handed to Apprise'])}):")
+        for name, values in legs.items():
+            print(f"    {name:34} p50 {statistics.median(values):7.1f} ms  p99 {pct(values, 99):7.1f} ms  "
+                  f"max {max(values):7.1f} ms")
+
+
 async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, probe_ids: list[str],
-                        received: list[tuple[float, dict[str, Any]]], pid: int, state_dir: Path) -> None:
+                        received: list[tuple[float, dict[str, Any]]], pids: list[int], state_dir: Path) -> None:
     half = args.devices * args.rate / 2
     duration = max(30.0, args.probes * 0.25 + 10)
     print(f"\n[latency] fleet at {half:,.0f} msg/s for {duration:.0f} s; {len(probe_ids)} probes")
     out = run_fleets(sim_url, args.devices, args.rate / 2, duration, args.publishers, "lat")
     await asyncio.sleep(3)
-    lat: list[float] = []
+    lat: dict[str, list[float]] = {"telemetry": [], "event": []}
     async with MqttClient(sim_url, "bench-probe", clean_start=True) as probe:
         for dev in probe_ids:
-            before = len(received)
-            now = datetime.now(UTC)
-            payload = json.dumps({"ts": now.isoformat(), "metrics": {"speed_mps": 150.0}}).encode()
-            t_pub = time.time()
-            await probe.publish(f"vigil/v1/elevator/{dev}/telemetry", payload)
-            deadline = time.time() + 10
-            hit = None
-            while time.time() < deadline and hit is None:
-                for t_recv, body in received[before:]:
-                    if dev in json.dumps(body, ensure_ascii=False):
-                        hit = t_recv
-                        break
-                await asyncio.sleep(0.002)
-            if hit is not None:
-                lat.append((hit - t_pub) * 1000)
+            channel = "event" if dev.startswith("probe-e-") else "telemetry"
+            ms = await one_probe(probe, dev, channel, received)
+            if ms is not None:
+                lat[channel].append(ms)
             await asyncio.sleep(0.05)
-    _, rss = proc_sample(pid)
+    _, rss = procs_sample(pids)
     for _ in range(args.publishers):
         await asyncio.to_thread(out.get, True, 300)
     await asyncio.sleep(11)  # the platform rewrites stats.json every 10 s
@@ -314,19 +456,18 @@ async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, p
               f"({lp['gc_gen2_collections']:.0f} full collections)")
     print(f"  transition received -> handed to Apprise (alerting's own clock): p50 {al.get('handoff_internal_ms_p50', 0):.1f} ms,"
           f" p99 {al.get('handoff_internal_ms_p99', 0):.1f} ms (all alerts of the run)")
-    if lat:
-        print(f"  publish -> notification received over HTTP (Apprise json://): n={len(lat)} "
-              f"p50 {statistics.median(lat):.1f} ms, p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")
-    print(f"  probes without a notification within 10 s: {len(probe_ids) - len(lat)}; platform RSS {rss / 2**20:.0f} MiB")
-    legs = probe_legs(state_dir / "bench" / "alerting" / "alerting.sqlite3")
-    if legs:
-        print(f"  per probe, from alerting's notification log (n={len(legs['publish -> handed to Apprise'])}):")
-        for name, values in legs.items():
-            print(f"    {name:34} p50 {statistics.median(values):7.1f} ms  p99 {pct(values, 99):7.1f} ms  "
-                  f"max {max(values):7.1f} ms")
+    for channel, values in lat.items():
+        if values:
+            print(f"  {channel} probes, publish -> notification received over HTTP (Apprise json://): n={len(values)} "
+                  f"p50 {statistics.median(values):.1f} ms, p99 {pct(values, 99):.1f} ms, max {max(values):.1f} ms")
+    missing = len(probe_ids) - sum(len(v) for v in lat.values())
+    print(f"  probes without a notification within 10 s: {missing}; platform RSS {rss / 2**20:.0f} MiB")
+    for prefix, channel in (("probe-t-", "telemetry"), ("probe-e-", "event")):
+        print(f"  [{channel} probes]")
+        print_legs(probe_legs(state_dir / "bench" / "alerting" / "alerting.sqlite3", prefix))
 
 
-def probe_legs(db_path: Path) -> dict[str, list[float]]:
+def probe_legs(db_path: Path, prefix: str = "probe-") -> dict[str, list[float]]:
     """Where each probe's time went: device publish (its ts) -> rules received -> notification
     created by alerting -> handed to Apprise, from the timestamps alerting keeps per notification."""
     import sqlite3
@@ -336,8 +477,9 @@ def probe_legs(db_path: Path) -> dict[str, list[float]]:
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
         rows = db.execute("SELECT source_ts, received_at, created_at, handed_at FROM notifications "
-                          "WHERE kind = 'firing' AND (title LIKE '%probe-%' OR body LIKE '%probe-%') AND handed_at IS NOT NULL "
-                          "AND source_ts IS NOT NULL AND received_at IS NOT NULL").fetchall()
+                          "WHERE kind = 'firing' AND (title LIKE ? OR body LIKE ?) AND handed_at IS NOT NULL "
+                          "AND source_ts IS NOT NULL AND received_at IS NOT NULL",
+                          (f"%{prefix}%", f"%{prefix}%")).fetchall()
     finally:
         db.close()
     legs: dict[str, list[float]] = {"publish -> rules received": [], "rules received -> notification": [],

@@ -26,7 +26,15 @@ sys.path.insert(0, str(ROOT))
 
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port  # noqa: E402
 from broker.mqtt import MqttClient  # noqa: E402
-from edge.hj212.gateway import Hj212Counters, Hj212Gateway, Hj212Session, ServerLimits, SessionPolicy  # noqa: E402
+from edge.hj212.downlink import DownlinkTracker  # noqa: E402
+from edge.hj212.gateway import (  # noqa: E402
+    GuardPolicy,
+    Hj212Counters,
+    Hj212Gateway,
+    Hj212Session,
+    ServerLimits,
+    SessionPolicy,
+)
 from simulators.hj212_logger import LoggerModel, load_scenario  # noqa: E402
 
 SCENARIO = ROOT / "simulators" / "scenarios" / "hj212_load.yaml"
@@ -47,9 +55,10 @@ def frames(count: int) -> list[bytes]:
 
 
 def bench_core(data: list[bytes]) -> None:
-    session = Hj212Session(SessionPolicy(accept_unknown_devices=True), Hj212Counters())
     size = sum(map(len, data)) / len(data)
-    for label, chunks in (("one frame per read", data), ("64 KiB reads", _chunks(data, 65536))):
+    for label, chunks, downlink in (("one frame per read", data, None), ("64 KiB reads", _chunks(data, 65536), None),
+                                    ("64 KiB reads, downlink tracking on", _chunks(data, 65536), DownlinkTracker())):
+        session = Hj212Session(SessionPolicy(accept_unknown_devices=True), Hj212Counters(), downlink=downlink)
         published = 0
         start = time.process_time()
         for chunk in chunks:
@@ -89,10 +98,15 @@ def _simulator(port: int, devices: int, duration: float, hold: float) -> subproc
     )
 
 
+def _loopback_fleet(devices: int) -> GuardPolicy:
+    # The whole simulated fleet connects from 127.0.0.1: lift the per-address caps meant for the field.
+    return GuardPolicy(max_connections_per_address=devices + 100, max_preauth_per_address=devices + 100)
+
+
 async def bench_tcp(url: str, devices: int, duration: float) -> None:
     async with MqttClient(url, "bench-hj212-gateway", clean_start=True) as mqtt:
         gateway = Hj212Gateway(mqtt.publish, policy=SessionPolicy(accept_unknown_devices=True),
-                               limits=ServerLimits(publish_status=False))
+                               limits=ServerLimits(publish_status=False), guard=_loopback_fleet(devices))
         _, port = await gateway.start("127.0.0.1", 0)
         sim = _simulator(port, devices, duration, 0)
         first: float | None = None
@@ -122,7 +136,7 @@ async def bench_tcp(url: str, devices: int, duration: float) -> None:
 async def bench_connections(url: str, devices: int, hold: float) -> None:
     async with MqttClient(url, "bench-hj212-conns", clean_start=True) as mqtt:
         gateway = Hj212Gateway(mqtt.publish, policy=SessionPolicy(accept_unknown_devices=True),
-                               limits=ServerLimits(max_connections=devices + 100))
+                               limits=ServerLimits(max_connections=devices + 100), guard=_loopback_fleet(devices))
         _, port = await gateway.start("127.0.0.1", 0)
         started = time.perf_counter()
         sim = _simulator(port, devices, 30, hold)

@@ -238,7 +238,9 @@ def bench_tick(args: argparse.Namespace) -> None:
     from rules.loader import PACKS_DIR, load_rules
 
     kinds = [Kind.ELEVATOR, Kind.VEHICLE, Kind.EMISSION, Kind.CAMERA]
-    devices = [Device(id=f"dev-{i}", kind=kinds[i % 4]) for i in range(args.devices)]
+    stack = {"standard": "GB13223", "fuel": "coal", "new_source": True, "ultra_low": True}
+    devices = [Device(id=f"dev-{i}", kind=kinds[i % 4], attributes=stack if kinds[i % 4] == Kind.EMISSION else {})
+               for i in range(args.devices)]
     registry = DeviceRegistry.build([], devices, [])
     engine = RuleEngine(load_rules([PACKS_DIR]).rules, registry)
     now = T0.timestamp()

@@ -45,6 +45,17 @@ class Site(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     attributes: dict[str, Any] = {}
 
 
+class Jt808Terminal(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A vehicle's JT/T 808 terminal as its registration (0x0100) must describe it."""
+
+    manufacturer: str
+    model: str
+    terminal_id: str
+    plate_colour: int
+    """JT/T 415 plate colour code (1 blue, 2 yellow, ...; 0 when ``plate`` holds the VIN)."""
+    plate: str
+
+
 class Device(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A registered device and its broker identity (username = device id)."""
 
@@ -58,6 +69,11 @@ class Device(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     labels: dict[str, str] = {}
     attributes: dict[str, Any] = {}
     """Per-device parameters, e.g. ``so2_limit`` for a stack or ``speed_limit_kmh`` for a truck."""
+    jt808: Jt808Terminal | None = None
+    """Vehicles: the terminal identity the JT/T 808 gateway checks at registration (required to register)."""
+    hj212_password: str | None = None
+    """Emission loggers: the HJ 212 ``PW`` (sent in clear by the logger; never the MQTT password)."""
+    hj212_password_env: str | None = None
 
 
 class ServiceAccount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -152,6 +168,12 @@ class DeviceRegistry:
                 raise RegistryError(f"{where}.id: duplicate id {dev.id!r}")
             if dev.site is not None and dev.site not in site_map:
                 raise RegistryError(f"{where}.site: unknown site {dev.site!r}")
+            if dev.jt808 is not None and dev.kind is not Kind.VEHICLE:
+                raise RegistryError(f"{where}.jt808: only vehicles have a JT/T 808 terminal")
+            if dev.hj212_password is not None and dev.hj212_password_env is not None:
+                raise RegistryError(f"{where}: give only one of hj212_password, hj212_password_env")
+            if (dev.hj212_password is not None or dev.hj212_password_env is not None) and dev.kind is not Kind.EMISSION:
+                raise RegistryError(f"{where}.hj212_password: only emission devices have an HJ 212 password")
             device_map[dev.id] = dev
         return cls(site_map, device_map, service_map, source)
 
@@ -175,6 +197,15 @@ class DeviceRegistry:
         if site is not None and name in site.attributes:
             return site.attributes[name]
         return default
+
+    def hj212_password_of(self, device_id: str) -> str | None:
+        """The HJ 212 logger password (``hj212_password`` or ``hj212_password_env``) of a device, if any."""
+        dev = self.devices.get(device_id)
+        if dev is None:
+            return None
+        if dev.hj212_password is not None:
+            return dev.hj212_password
+        return os.environ.get(dev.hj212_password_env) if dev.hj212_password_env is not None else None
 
     def password_of(self, account_id: str) -> str | None:
         """The clear-text password of a device or service, if the registry holds one."""

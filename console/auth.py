@@ -1,22 +1,22 @@
 """Who may use the console: logins against the alerting users, sessions, CSRF tokens, permissions.
 
 Pure: every method takes the current time. Operators log in with their alerting user name and
-API token (the console never holds other secrets). A session is an unguessable id in an
-HttpOnly, SameSite=Strict cookie plus a per-session CSRF token that every state-changing request
-must echo in the ``X-CSRF-Token`` header.
+API token (the console never holds other secrets, and keeps only the tokens' SHA-256 digests). A
+session is an unguessable id in an HttpOnly, SameSite=Strict cookie plus a per-session CSRF token
+that every state-changing request must echo in the ``X-CSRF-Token`` header. Failed logins and
+failed bearer tokens are limited per (user, address) and globally (``alerting.access.GuessLimiter``).
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 
+from alerting.access import GuessLimiter, TokenBook, digest
 from alerting.config import User
 
-ROLE_RANK: dict[str, int] = {"operator": 0, "supervisor": 1, "admin": 2}
+ROLE_RANK: dict[str, int] = {"grid_staff": -1, "operator": 0, "supervisor": 1, "admin": 2}
 
 PERMISSIONS: dict[str, str] = {
     "view": "operator",
@@ -24,6 +24,7 @@ PERMISSIONS: dict[str, str] = {
     "silence.create": "operator",
     "silence.expire": "operator",
     "roster.edit": "supervisor",
+    "maintenance.edit": "supervisor",
     "audit.view": "supervisor",
 }
 """Lowest role allowed each action; the alerting desk checks unit and ownership rules on top."""
@@ -37,32 +38,39 @@ def allowed(role: str, permission: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """A console user: name, role, unit and the token that serves as the password."""
+    """A console user: name, role, unit and the digest of the token that serves as the password."""
 
     name: str
     role: str
     unit: str
-    token: str = field(repr=False)
+    token_digest: bytes = field(repr=False)
 
 
 def accounts_from(users: list[User], env: dict[str, str] | None = None) -> dict[str, Account]:
-    """Accounts from the alerting users (tokens given inline or by environment variable)."""
-    env = dict(os.environ) if env is None else env
-    out: dict[str, Account] = {}
-    for u in users:
-        token = u.token if u.token is not None else env.get(u.token_env or "")
-        if token:
-            out[u.name] = Account(u.name, u.role, u.unit, token)
-    return out
+    """Accounts from the alerting users (tokens given inline or by environment variable; digests kept)."""
+    book = TokenBook.from_users(users, env, strict=False)
+    return {o.name: Account(o.name, o.role, o.unit, d) for d, o in book.entries}
 
 
 def check_login(accounts: dict[str, Account], name: str, password: str) -> Account | None:
-    """The account when the password matches its token (constant-time compare), else None."""
+    """The account when the password's digest matches its token's (constant-time compare), else None."""
     acct = accounts.get(name)
     # Compare against something even for unknown names so timing does not reveal which names exist.
-    expected = acct.token if acct is not None else "\0" * 32
-    ok = hmac.compare_digest(expected.encode(), password.encode())
-    return acct if ok and acct is not None else None
+    expected = acct.token_digest if acct is not None else b"\0" * 32
+    ok = hmac.compare_digest(expected, digest(password[:4096]))
+    return acct if ok and acct is not None and password else None
+
+
+def bearer_account(accounts: dict[str, Account], token: str) -> Account | None:
+    """The account whose token this is (every digest compared in constant time), else None."""
+    if not token or len(token) > 4096:
+        return None
+    d = digest(token)
+    found = None
+    for acct in accounts.values():
+        if hmac.compare_digest(acct.token_digest, d):
+            found = acct
+    return found
 
 
 @dataclass(slots=True)
@@ -127,36 +135,5 @@ def csrf_ok(session: Session, header: str | None) -> bool:
     return bool(header) and hmac.compare_digest(session.csrf.encode(), (header or "").encode())
 
 
-class LoginThrottle:
-    """Locks out a client address after too many failed logins within a window."""
-
-    def __init__(self, max_failures: int, window_s: float, max_clients: int = 50_000) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self.max_clients = max_clients
-        self.failures: dict[str, deque[float]] = {}
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        q = self.failures.get(client)
-        if q is None:
-            return deque()
-        while q and now - q[0] > self.window_s:
-            q.popleft()
-        if not q:
-            del self.failures[client]
-        return q
-
-    def blocked(self, client: str, now: float) -> bool:
-        """Whether this address must wait before trying again."""
-        return len(self._recent(client, now)) >= self.max_failures
-
-    def failed(self, client: str, now: float) -> None:
-        """Count a failed login."""
-        if client not in self.failures and len(self.failures) >= self.max_clients:
-            self.failures.pop(next(iter(self.failures)))
-        self._recent(client, now)
-        self.failures.setdefault(client, deque()).append(now)
-
-    def succeeded(self, client: str) -> None:
-        """Forget the failures of an address that logged in."""
-        self.failures.pop(client, None)
+LoginThrottle = GuessLimiter
+"""Failed logins and bearer tokens per (user, address) and over all addresses."""

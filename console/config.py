@@ -73,13 +73,19 @@ class ConsoleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Changed devices (values, positions, online state) are pushed to pages at most this often."""
     max_page_size: int = 500
     login_failures: int = 10
-    """Failed logins allowed per client address within ``login_window_s`` before it is locked out."""
+    """Failed logins (or bearer tokens) allowed per (user name, client address) within ``login_window_s``."""
     login_window_s: float = 300.0
+    login_failures_global: int = 200
+    """Failed logins of all users and addresses together within ``login_window_s`` before every login and
+    bearer token is refused until the window moves on (the ceiling on a guess spread over many addresses)."""
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError(f"console.listen must be host:port, got {self.listen!r}")
+        if self.login_failures < 1 or self.login_failures_global < self.login_failures or self.login_window_s <= 0:
+            raise ValueError("console: login_failures >= 1, login_failures_global >= login_failures, "
+                             "login_window_s > 0")
         if self.session_ttl_s <= 0 or self.chart_points < 10 or self.track_points < 2 or self.sse_queue < 16:
             raise ValueError("console: session_ttl_s > 0, chart_points >= 10, track_points >= 2, sse_queue >= 16")
 

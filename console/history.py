@@ -3,19 +3,26 @@
 The console keeps only a short ring of recent points per device in memory; longer windows (the
 device history page, an old alert's chart) are read back from wherever the storage stage of the
 same process writes. Without a storage stage only the in-memory ring is available.
+
+The device id comes from a URL, so it is checked against the contracts' id pattern (full match)
+and quoted; InfluxDB is read with ``GET /query`` (read statements only) as a read-only user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storage.query import QueryError, influxql, sqlite_points
+from broker.contracts import DEVICE_ID_PATTERN, Kind
+from storage.query import QueryError, influxql, quote_ident, quote_literal, sqlite_points
 
 log = logging.getLogger(__name__)
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN.strip("^$"))
+_KINDS = {str(k.value) for k in Kind}
 
 Point = tuple[float, dict[str, float]]
 
@@ -37,7 +44,12 @@ class HistoryReader:
 
         Raises:
             QueryError: the backend could not answer.
+            ValueError: the device id or kind is not a valid one.
         """
+        if not _DEVICE_ID.fullmatch(device_id):
+            raise ValueError(f"device id must match {DEVICE_ID_PATTERN}")
+        if kind not in _KINDS:
+            raise ValueError("unknown device kind")
         measurement = f"telemetry_{kind}"
         if self.backend == "sqlite" and self.sqlite_path is not None:
             if not self.sqlite_path.exists():
@@ -46,11 +58,12 @@ class HistoryReader:
                                 since_ns=int(since * 1e9))
             out = [(p.ts / 1e9, _numeric(p.fields)) for p in pts if p.ts / 1e9 <= until]
         elif self.backend == "influxdb-v1":
-            # Device ids match DEVICE_ID_PATTERN (no quotes), so they are safe inside the literal.
-            q = (f'SELECT * FROM "{measurement}" WHERE "device" = \'{device_id}\' AND time >= {int(since * 1e3)}ms '
-                 f"AND time <= {int(until * 1e3)}ms ORDER BY time LIMIT {self.max_points}")
+            # Checked above and quoted anyway: the id is URL input and must never become InfluxQL syntax.
+            q = (f"SELECT * FROM {quote_ident(measurement)} WHERE {quote_ident('device')} = {quote_literal(device_id)}"
+                 f" AND time >= {int(since * 1e3)}ms AND time <= {int(until * 1e3)}ms ORDER BY time"
+                 f" LIMIT {int(self.max_points)}")
             series = influxql(self.influx_url, self.influx_db, q, username=self.influx_user,
-                              password=self.influx_password, epoch="ms", timeout=10.0)
+                              password=self.influx_password, epoch="ms", timeout=10.0, method="GET")
             out = []
             for s in series:
                 for row in s.rows():
@@ -86,6 +99,11 @@ def reader_for(storage: Any) -> HistoryReader | None:
         return HistoryReader("sqlite", sqlite_path=Path(path)) if path else None
     if backend == "influxdb-v1" and cfg is not None:
         v1 = cfg.influxdb_v1
-        return HistoryReader("influxdb-v1", influx_url=v1.url, influx_db=v1.database, influx_user=v1.username,
-                             influx_password=v1.password)
+        if v1.username and not v1.read_username:
+            # Never read with the writer's (possibly admin) account: a console bug must not be able to write.
+            log.warning("console: storage.influxdb_v1.read_username is not set; device history older than "
+                        "the in-memory ring is not shown (give a user with GRANT READ only)")
+            return None
+        return HistoryReader("influxdb-v1", influx_url=v1.url, influx_db=v1.database, influx_user=v1.read_username,
+                             influx_password=v1.read_password)
     return None

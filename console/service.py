@@ -24,6 +24,7 @@ import msgspec
 
 from alerting.api import alert_json
 from alerting.desk import AlertDesk
+from alerting.evidence import EvidenceConfig, EvidencePolicy, EvidenceRefused
 from alerting.figures import handling_figures
 from alerting.lifecycle import SEVERITY_RANK, AlertRecord
 from alerting.roster import rotation_slot
@@ -72,8 +73,11 @@ class ConsoleService:
         self.live = LiveDevices(config.chart_points, config.track_points)
         self.hub = PushHub(config.sse_queue)
         self.sessions = SessionBook(config.session_ttl_s)
-        self.throttle = LoginThrottle(config.login_failures, config.login_window_s)
+        self.throttle = LoginThrottle(config.login_failures, config.login_window_s, config.login_failures_global)
         self.accounts = accounts_from(self.alerting.config.users)
+        ev = self.alerting.config.evidence
+        self.evidence = EvidencePolicy(EvidenceConfig(dir=config.evidence_dir or ev.dir, hosts=ev.hosts,
+                                                      max_bytes=ev.max_bytes, timeout_s=ev.timeout_s))
         state_dir.mkdir(parents=True, exist_ok=True)
         self.journal = ConsoleJournal(state_dir / "console.sqlite3")
         self.history: HistoryReader | None = reader_for((peers or {}).get("storage"))
@@ -256,7 +260,7 @@ class ConsoleService:
             "timeline": timeline,
             "notifications": notes,
             "snapshot": self.journal.snapshot(alert_id),
-            "snapshot_image": self.evidence_href(rec.snapshot_url),
+            "snapshot_image": self.evidence_href(rec.snapshot_url, rec.id),
             "rule": {"name": rec.rule, "description": rec.description, "values": rec.values, "labels": rec.labels,
                      "fingerprint": rec.fingerprint, "policy": rec.esc_policy},
             "device": {"id": rec.device_id, "kind": str(rec.kind), "name": dev.name if dev else "",
@@ -270,20 +274,24 @@ class ConsoleService:
             return p.name or name
         return name
 
-    def evidence_href(self, url: str | None) -> str | None:
-        """A link the page can load for a snapshot URL (files under ``evidence_dir`` go through ``/evidence/``)."""
+    def evidence_href(self, url: str | None, alert_id: str | None = None) -> str | None:
+        """A console link for an allowed snapshot reference, else None.
+
+        The page never loads a device-supplied URL: files in the evidence store go through
+        ``/evidence/``, snapshots on allow-listed evidence hosts through ``/api/alerts/{id}/snapshot``.
+        """
+        from urllib.parse import quote
+
         if not url:
             return None
-        if url.startswith(("http://", "https://", "/evidence/")):
-            return url
-        if url.startswith("file://") and self.config.evidence_dir:
-            from urllib.parse import quote, unquote, urlsplit
-
-            path = Path(unquote(urlsplit(url).path)).resolve()
-            root = Path(self.config.evidence_dir).resolve()
-            if path.is_relative_to(root):
-                return "/evidence/" + quote(path.relative_to(root).as_posix())
-        return None
+        try:
+            kind, target = self.evidence.classify(url)
+        except EvidenceRefused as exc:
+            self.counters[f"evidence_refused_{exc.reason}"] += 1
+            return None
+        if kind == "store" and self.evidence.root is not None:
+            return "/evidence/" + quote(Path(target).relative_to(self.evidence.root).as_posix())
+        return f"/api/alerts/{quote(alert_id, safe='')}/snapshot" if alert_id else None
 
     # ------------------------------------------------------------------ devices and the map
 
@@ -422,16 +430,30 @@ class ConsoleService:
         def feats(fs: list[MapFeature]) -> list[dict[str, Any]]:
             return [{"name": f.name, "kind": f.kind, "color": f.color, "coordinates": f.coordinates} for f in fs]
 
+        grids = self._map_grids()
         bounds = self.config.map.bounds
         if bounds is None:
             pts: list[tuple[float, float]] = [(s["position"][0], s["position"][1]) for s in sites]
             pts += [(d["position"][0], d["position"][1]) for d in devices]
             pts += [c for f in self.layers + self.config.map.geofences + self.config.map.routes for c in f.coordinates]
+            pts += [(c[0], c[1]) for gr in grids for c in gr["coordinates"]]
             bounds = bounds_of(pts) or (120.0, 30.1, 120.3, 30.4)
         return {"bounds": list(bounds), "gcj02": self.config.gcj02_basemap,
                 "layers": feats(self.layers), "geofences": feats(self.config.map.geofences),
                 "routes": feats(self.config.map.routes), "sites": sites, "devices": devices,
-                "tracks": tracks, "markers": markers}
+                "tracks": tracks, "markers": markers, "grids": grids}
+
+    def _map_grids(self) -> list[dict[str, Any]]:
+        """Grids (work orders) with their outline in display coordinates and their open cases."""
+        wo = getattr(self.alerting, "workorders", None)
+        if wo is None:
+            return []
+        out = []
+        for g in wo.grid_rows():
+            out.append({"id": g["id"], "name": g["name"], "open_cases": g["open_cases"],
+                        "overdue_cases": g["overdue_cases"], "centre": self.display(*g["centre"]),
+                        "coordinates": [self.display(lon, lat) for lon, lat in g["outline"]]})
+        return out
 
     # ------------------------------------------------------------------ duty and figures
 
@@ -509,9 +531,8 @@ class ConsoleService:
                 "daily": [{"date": d, "count": daily.get(d, 0)} for d in days_list]}
 
     def maintenance(self) -> list[dict[str, Any]]:
-        """The configured recurring maintenance windows."""
-        return [{"name": w.name, "matchers": w.matchers, "start": w.start, "duration_min": w.duration_min,
-                 "weekdays": w.weekdays, "timezone": w.timezone} for w in self.alerting.config.maintenance]
+        """The recurring maintenance windows: the config file's and those created at run time."""
+        return self.desk.maintenance_windows()
 
     async def close_pages(self) -> None:
         """Tell every connected page the server is going away (they reconnect)."""

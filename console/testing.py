@@ -114,6 +114,9 @@ class ConsoleStack:
                              "duration_min": 60}],
         }
         alerting.update(self.alerting_options)
+        # People given by a test without channels get an inbox path of their own, like the default people.
+        alerting["people"] = [dict(p, channels=p.get("channels") or [self.inbox.url(f"/{p['id']}")])
+                              for p in alerting["people"]]
         raw: dict[str, Any] = {
             "node": "console-test", "state_dir": str(self.folder / "state"), "services": services,
             "mqtt": {"url": self.broker.url, "client_id": f"vigil-console-test-{free_port()}"},

@@ -3,28 +3,45 @@
 Every ``/api`` request needs a session cookie (browsers) or ``Authorization: Bearer <token>``
 (scripts, with an alerting user's token). State-changing requests from a session must carry the
 session's CSRF token in ``X-CSRF-Token`` and, when the browser sends one, a same-host ``Origin``.
-Every state-changing request is written to the console's audit log with its outcome.
+Every state-changing request is written to the console's audit log with its outcome. Failed
+logins and bearer tokens are limited per (user, address) and globally; every query parameter and
+path id is validated (400/404 naming it). Evidence images are served only through the console's own
+routes after the evidence policy checked them (``alerting.evidence``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from alerting.api import query_int, query_text
 from alerting.desk import Actor, DeskError
+from alerting.evidence import EvidenceRefused
 from console import board
-from console.auth import Session, allowed, check_login, csrf_ok
+from console.auth import Session, allowed, bearer_account, check_login, csrf_ok
+from console.fieldwork import GRID_STAFF_PATHS, raw_upload
+from console.fieldwork import add_routes as add_fieldwork_routes
+from console.maintenance import maintenance_json, window_request
+from console.params import (
+    ApiError,
+    body_of,
+    device_id_param,
+    parse_time,
+    path_id,
+    seconds_param,
+    text_field,
+)
 from console.push import HEARTBEAT, sse_frame
 from console.service import ConsoleError, ConsoleService
 
@@ -36,8 +53,11 @@ _SVC = web.AppKey("console", ConsoleService)
 _CALLER = web.RequestKey("caller", object)
 _AUDIT = web.RequestKey("audit", dict)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC = ("/", "/index.html", "/api/login", "/api/health", "/favicon.ico")
-CSP = ("default-src 'self'; img-src 'self' data: http: https:; style-src 'self' 'unsafe-inline'; "
+PUBLIC = ("/", "/index.html", "/api/login", "/api/health", "/favicon.ico", "/h5/")
+_STATIC_PATH = re.compile(r"/static/[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,119}")
+ACTIONS = ("ack", "assign", "comment", "resolve", "silence", "driver_text")
+MAX_SERIES_S = 31 * 86400
+CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
@@ -55,14 +75,6 @@ class Caller:
         """The alerting desk's view of the caller."""
         return Actor(self.user, self.role, self.unit)  # type: ignore[arg-type]
 
-
-class ApiError(Exception):
-    """An HTTP error with a machine-readable code."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -90,56 +102,21 @@ def _need(caller: Caller, permission: str) -> None:
         raise ApiError(403, "forbidden", f"role {caller.role} may not {permission}")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except ValueError:
-        raise ApiError(400, "invalid", "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid", "body must be a JSON object")
-    return data
-
-
-def _text(body: dict[str, Any], key: str, limit: int = 4000) -> str:
-    v = body.get(key)
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise ApiError(400, "invalid", f"{key} must be a string")
-    return v[:limit]
-
-
-def parse_time(value: Any, name: str) -> float | None:
-    """Epoch seconds from a number or an RFC 3339 string with an offset. Raises ``ApiError``."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        pass
-    try:
-        dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)") from None
-    if dt.tzinfo is None:
-        raise ApiError(400, "invalid", f"{name}: give a time zone offset")
-    return dt.timestamp()
-
-
 # ---------------------------------------------------------------------- middleware
 
 def _authenticate(request: web.Request, svc: ConsoleService) -> Caller | None:
     header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        token = header[7:].strip().encode()
-        for acct in svc.accounts.values():
-            if hmac.compare_digest(acct.token.encode(), token):
-                return Caller(acct.name, acct.role, acct.unit, None)
-        return None
+    if header:
+        # Scripts' bearer tokens count against the same limiter as logins (user unknown: one key per address).
+        now, client = svc.clock(), _client(request)
+        if svc.throttle.blocked("*bearer*", client, now) is not None:
+            raise ApiError(429, "locked", "too many failed tokens; wait a few minutes")
+        acct = bearer_account(svc.accounts, header[7:].strip()) if header[:7].lower() == "bearer " else None
+        if acct is None:
+            svc.throttle.failed("*bearer*", client, now)
+            svc.counters["bearer_failed"] += 1
+            return None
+        return Caller(acct.name, acct.role, acct.unit, None)
     s = svc.sessions.get(request.cookies.get(COOKIE), svc.clock())
     return Caller(s.user, s.role, s.unit, s) if s is not None else None
 
@@ -159,21 +136,35 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
     caller: Caller | None = None
     try:
+        if path.startswith("/static/") and (not _STATIC_PATH.fullmatch(path) or ".." in path):
+            # aiohttp's static handler answers 500 for over-long names (ENAMETOOLONG); refuse odd names first.
+            raise ApiError(404, "not_found", "no such file")
         if not (path in PUBLIC or path.startswith("/static/")):
             caller = _authenticate(request, svc)
             if caller is None:
                 raise ApiError(401, "unauthorized", "log in first")
             request[_CALLER] = caller
+            if caller.role == "grid_staff" and not GRID_STAFF_PATHS.fullmatch(path):
+                raise ApiError(403, "forbidden", "grid staff use the phone page (/h5/) for their grids' cases")
             if unsafe and caller.session is not None:
                 if not _same_origin(request):
                     raise ApiError(403, "bad_origin", "cross-site request refused")
                 if not csrf_ok(caller.session, request.headers.get("X-CSRF-Token")):
                     raise ApiError(403, "csrf", "missing or wrong CSRF token")
+        # A body, when sent, must be a JSON object, whether the route reads it or not; DELETE takes none
+        # (the page sends ``{}``).
+        if unsafe and request.body_exists and not raw_upload(request) and await body_of(request) \
+                and request.method == "DELETE":
+            raise ApiError(400, "invalid", "DELETE takes no body")
         resp = await handler(request)
     except (ApiError, DeskError) as exc:
         resp = _json({"error": exc.code, "message": str(exc)}, exc.status)
     except web.HTTPException:
         raise
+    except Exception:
+        # A bug must not leak a traceback to the browser; the log keeps it (and tests fail on it).
+        log.exception("console: %s %s failed", request.method, path)
+        resp = _json({"error": "internal", "message": "internal error"}, 500)
     if unsafe and path.startswith("/api/") and path not in ("/api/login", "/api/logout") and caller is not None:
         resource = request.match_info.route.resource
         action = f"{request.method} {resource.canonical if resource is not None else path}"
@@ -190,6 +181,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
+def _audit_fields(request: web.Request, fields: dict[str, Any]) -> None:
+    request[_AUDIT] = fields
+
+
 # ---------------------------------------------------------------------- pages and session
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -203,13 +198,22 @@ async def health(request: web.Request) -> web.Response:
 
 
 def _session_json(svc: ConsoleService, caller: Caller) -> dict[str, Any]:
+    if caller.role == "grid_staff":  # field staff see their grids, not the centre's directory
+        wo = svc.alerting.workorders
+        return {"user": caller.user, "role": caller.role, "unit": caller.unit,
+                "csrf": caller.session.csrf if caller.session else None,
+                "expires_at": caller.session.expires_at if caller.session else None,
+                "config": {"title": svc.config.title, "timezone": svc.config.timezone, "locale": svc.config.locale},
+                "grids": sorted(wo.grids_of(caller.actor) or ()) if wo is not None else [],
+                "permissions": {}, "workorders": {"field": True, "centre": False}}
     return {"user": caller.user, "role": caller.role, "unit": caller.unit,
             "csrf": caller.session.csrf if caller.session else None,
             "expires_at": caller.session.expires_at if caller.session else None,
             "config": {"title": svc.config.title, "timezone": svc.config.timezone, "locale": svc.config.locale,
                        "gcj02": svc.config.gcj02_basemap},
             "permissions": {p: allowed(caller.role, p) for p in ("alert.handle", "silence.create", "roster.edit",
-                                                                  "audit.view")},
+                                                                  "audit.view", "maintenance.edit")},
+            "workorders": {"field": False, "centre": svc.alerting.workorders is not None},
             "people": [{"id": p.id, "name": p.name, "unit": p.unit} for p in svc.alerting.roster.people.values()],
             "users": sorted(svc.accounts),
             "units": sorted({s.unit for s in svc.registry.sites.values() if s.unit}
@@ -226,24 +230,24 @@ async def login(request: web.Request) -> web.Response:
     client = _client(request)
     if not _same_origin(request):
         raise ApiError(403, "bad_origin", "cross-site request refused")
-    if svc.throttle.blocked(client, now):
-        svc.journal.audit(now, "-", "-", "login", client, 429, {}, client)
+    body = await body_of(request)
+    name, password = text_field(body, "username", 100), text_field(body, "password", 500)
+    if svc.throttle.blocked(name, client, now) is not None:
+        svc.journal.audit(now, name or "-", "-", "login", name, 429, {}, client)
         raise ApiError(429, "locked", "too many failed logins; wait a few minutes")
-    body = await _body(request)
-    name, password = _text(body, "username", 100), _text(body, "password", 500)
     acct = check_login(svc.accounts, name, password)
     if acct is None:
-        svc.throttle.failed(client, now)
+        svc.throttle.failed(name, client, now)
         svc.counters["logins_failed"] += 1
         svc.journal.audit(now, name or "-", "-", "login", name, 401, {}, client)
         raise ApiError(401, "bad_login", "wrong user name or password")
-    svc.throttle.succeeded(client)
+    svc.throttle.succeeded(name, client)
     s = svc.sessions.open(acct, now)
     svc.counters["logins"] += 1
     svc.journal.audit(now, acct.name, acct.role, "login", acct.name, 200, {}, client)
     resp = _json(_session_json(svc, Caller(s.user, s.role, s.unit, s)))
     resp.set_cookie(COOKIE, s.id, max_age=int(svc.config.session_ttl_s), httponly=True, samesite="Strict",
-                    secure=svc.config.secure_cookies, path="/")
+                    secure=svc.config.secure_cookies or request.secure, path="/")
     return resp
 
 
@@ -278,18 +282,30 @@ async def get_board(request: web.Request) -> web.Response:
 
 async def get_alert(request: web.Request) -> web.Response:
     """One alert with timeline, notifications, evidence, rule and place."""
-    return _json(_svc(request).alert_detail(request.match_info["id"]))
+    return _json(_svc(request).alert_detail(path_id(request)))
+
+
+async def alert_snapshot(request: web.Request) -> web.Response:
+    """The alert's evidence image, read through the evidence policy (never a redirect to the device's URL)."""
+    svc = _svc(request)
+    rec = svc.desk.get(path_id(request))
+    if not rec.snapshot_url:
+        raise ApiError(404, "not_found", "this alert has no snapshot")
+    try:
+        snap = await asyncio.to_thread(svc.evidence.read, rec.snapshot_url)
+    except EvidenceRefused as exc:
+        svc.counters[f"evidence_refused_{exc.reason}"] += 1
+        raise ApiError(404, "not_found", f"snapshot not available ({exc.reason})") from None
+    return web.Response(body=snap.data, content_type=snap.content_type,
+                        headers={"Cache-Control": "private, max-age=3600", "Content-Disposition": "inline"})
 
 
 async def alert_series(request: web.Request) -> web.Response:
     """The alerting device's telemetry around the alert (``before``/``after`` seconds, default 10/5 min)."""
     svc = _svc(request)
-    rec = svc.desk.get(request.match_info["id"])
-    try:
-        before = float(request.query.get("before", "600"))
-        after = float(request.query.get("after", "300"))
-    except ValueError:
-        raise ApiError(400, "invalid", "before and after are seconds") from None
+    rec = svc.desk.get(path_id(request))
+    before = seconds_param(request, "before", 600.0, 7 * 86400.0)
+    after = seconds_param(request, "after", 300.0, 7 * 86400.0)
     end = min(rec.ends_at or svc.clock(), rec.starts_at + after) if rec.ends_at else svc.clock()
     data = await svc.series(rec.device_id, rec.starts_at - before, max(end, rec.starts_at + 1.0))
     data.update(starts_at=rec.starts_at, ends_at=rec.ends_at, values=rec.values)
@@ -300,8 +316,10 @@ async def alert_action(request: web.Request) -> web.Response:
     """Acknowledge, assign, comment, resolve or silence one alert."""
     svc = _svc(request)
     c = _caller(request)
-    aid, action = request.match_info["id"], request.match_info["action"]
-    body = await _body(request)
+    aid, action = path_id(request), request.match_info["action"]
+    if action not in ACTIONS:
+        raise ApiError(404, "not_found", f"no action {action[:40]!r}")
+    body = await body_of(request)
     request[_AUDIT] = {k: v for k, v in body.items() if isinstance(v, str | int | float)}
     desk, actor = svc.desk, c.actor
     if action == "silence":
@@ -311,7 +329,7 @@ async def alert_action(request: web.Request) -> web.Response:
             minutes = float(body.get("duration_min", 60))
         except (TypeError, ValueError):
             raise ApiError(400, "invalid", "duration_min must be a number") from None
-        if not 1 <= minutes <= 7 * 24 * 60:
+        if not math.isfinite(minutes) or not 1 <= minutes <= 7 * 24 * 60:
             raise ApiError(400, "invalid", "duration_min must be 1 .. 10080")
         scope = body.get("scope", "rule_device")
         matchers = {"device": [f"device_id={rec.device_id}"], "rule": [f"rule={rec.rule}"],
@@ -321,20 +339,31 @@ async def alert_action(request: web.Request) -> web.Response:
         if not actor.at_least("supervisor") and actor.unit:
             matchers.append(f"unit={actor.unit}")
         now = svc.clock()
-        s = desk.create_silence(actor, matchers, now + minutes * 60, now, _text(body, "comment", 1000)
+        s = desk.create_silence(actor, matchers, now + minutes * 60, now, text_field(body, "comment", 1000)
                                 or f"silenced from alert {aid}")
         desk.comment(aid, actor, f"静默 {minutes:.0f} 分钟 / silenced for {minutes:.0f} min ({', '.join(s.matchers)})")
         return _json({"silence": _silence_json(s)}, 201)
     _need(c, "alert.handle")
     if action == "ack":
-        rec = desk.acknowledge(aid, actor, _text(body, "note"))
+        rec = desk.acknowledge(aid, actor, text_field(body, "note"))
     elif action == "assign":
-        rec = desk.assign(aid, actor, _text(body, "assignee", 100) or None, _text(body, "unit", 100) or None,
-                          _text(body, "note"))
+        rec = desk.assign(aid, actor, text_field(body, "assignee", 100) or None, text_field(body, "unit", 100) or None,
+                          text_field(body, "note"))
     elif action == "comment":
-        rec = desk.comment(aid, actor, _text(body, "text"))
+        rec = desk.comment(aid, actor, text_field(body, "text"))
     elif action == "resolve":
-        rec = desk.close(aid, actor, _text(body, "reason", 1000))
+        rec = desk.close(aid, actor, text_field(body, "reason", 1000))
+    elif action == "driver_text":  # vehicle alerts: JT/T 808 0x8300 to the driver (docs/vehicles.md)
+        from alerting.vehicle_commands import driver_text
+
+        text = text_field(body, "text", 1000)
+        try:
+            topic, payload, cid = driver_text(desk.get(aid), actor.name, text)
+        except ValueError as exc:
+            raise ApiError(400, "invalid", str(exc)) from None
+        # Recorded first: the comment checks the operator may handle this alert, and nothing is sent if not.
+        rec = desk.comment(aid, actor, f"[发送驾驶员短信 0x8300 / text to driver, command {cid}] {text.strip()}")
+        svc.alerting.mqtt.publish_nowait(topic, payload, qos=1)
     else:
         raise ApiError(404, "not_found", f"no action {action!r}")
     from alerting.api import alert_json
@@ -362,21 +391,26 @@ async def create_silence(request: web.Request) -> web.Response:
     svc = _svc(request)
     c = _caller(request)
     _need(c, "silence.create")
-    body = await _body(request)
+    body = await body_of(request)
     request[_AUDIT] = {"matchers": body.get("matchers"), "comment": body.get("comment")}
     matchers = body.get("matchers")
-    if not isinstance(matchers, list) or not all(isinstance(m, str) for m in matchers):
-        raise ApiError(400, "invalid", "matchers must be a list of strings like 'site=tower-a'")
+    if not isinstance(matchers, list) or not all(isinstance(m, str) and len(m) <= 500 for m in matchers) \
+            or len(matchers) > 50:
+        raise ApiError(400, "invalid", "matchers must be a list (at most 50) of strings like 'site=tower-a'")
     now = svc.clock()
-    start = parse_time(body.get("starts_at"), "starts_at") or now
+    start = parse_time(body.get("starts_at"), "starts_at")
+    start = now if start is None else start
     end = parse_time(body.get("ends_at"), "ends_at")
     if end is None:
         try:
-            end = start + float(body.get("duration_min", 60)) * 60
+            minutes = float(body.get("duration_min", 60))
         except (TypeError, ValueError):
             raise ApiError(400, "invalid", "duration_min must be a number") from None
+        if not math.isfinite(minutes) or not 1 <= minutes <= 366 * 24 * 60:
+            raise ApiError(400, "invalid", "duration_min must be 1 .. 527040")
+        end = start + minutes * 60
     s = svc.desk.create_silence(c.actor, [m.strip() for m in matchers if m.strip()], end, start,
-                                _text(body, "comment", 1000))
+                                text_field(body, "comment", 1000))
     return _json({"silence": _silence_json(s)}, 201)
 
 
@@ -385,21 +419,55 @@ async def expire_silence(request: web.Request) -> web.Response:
     svc = _svc(request)
     c = _caller(request)
     _need(c, "silence.expire")
-    request[_AUDIT] = {"silence": request.match_info["id"]}
-    svc.desk.delete_silence(c.actor, request.match_info["id"])
-    return _json({"expired": request.match_info["id"]})
+    sid = path_id(request)
+    request[_AUDIT] = {"silence": sid}
+    svc.desk.delete_silence(c.actor, sid)
+    return _json({"expired": sid})
+
+
+async def create_maintenance(request: web.Request) -> web.Response:
+    """Create a recurring maintenance window (supervisors): ``name, matchers, weekdays, start, end`` (local
+    ``HH:MM``; an end before the start spans midnight) or ``duration_min``, ``timezone``, ``until`` date."""
+    svc = _svc(request)
+    c = _caller(request)
+    _need(c, "maintenance.edit")
+    body = await body_of(request)
+    request[_AUDIT] = {k: body.get(k) for k in ("name", "matchers", "weekdays", "start", "end", "duration_min",
+                                                 "timezone", "until")}
+    w = window_request(body, svc.config.timezone)
+    m = svc.desk.create_maintenance(c.actor, w.name, w.matchers, w.weekdays, w.start, w.duration_min, w.timezone,
+                                    w.until, w.comment)
+    return _json({"maintenance": maintenance_json(m)}, 201)
+
+
+async def delete_maintenance(request: web.Request) -> web.Response:
+    """Delete a run-time maintenance window (supervisors)."""
+    svc = _svc(request)
+    c = _caller(request)
+    _need(c, "maintenance.edit")
+    wid = path_id(request)
+    request[_AUDIT] = {"maintenance": wid}
+    old = svc.desk.delete_maintenance(c.actor, wid)
+    return _json({"deleted": wid, "name": old.name})
 
 
 # ---------------------------------------------------------------------- devices, map, duty, figures
 
 async def list_devices(request: web.Request) -> web.Response:
     """Devices with online state, last seen, current values and open alerts."""
-    return _json(_svc(request).devices(dict(request.query)))
+    q = request.query
+    params = {k: v for k in ("kind", "site", "q") if (v := query_text(q, k, 100)) is not None}
+    online = query_text(q, "online")
+    if online is not None and online not in ("true", "false"):
+        raise ApiError(400, "invalid", "online must be true or false")
+    if online is not None:
+        params["online"] = online
+    return _json(_svc(request).devices(params))
 
 
 async def get_device(request: web.Request) -> web.Response:
     """One device."""
-    data = _svc(request).device_detail(request.match_info["id"])
+    data = _svc(request).device_detail(device_id_param(request))
     if data is None:
         raise ApiError(404, "not_found", "no such device")
     return _json(data)
@@ -408,12 +476,17 @@ async def get_device(request: web.Request) -> web.Response:
 async def device_series(request: web.Request) -> web.Response:
     """A device's numeric telemetry for ``since``..``until`` (default the last hour)."""
     svc = _svc(request)
+    device_id = device_id_param(request)
+    if svc.registry.device(device_id) is None and device_id not in svc.live.devices:
+        raise ApiError(404, "not_found", "no such device")
     now = svc.clock()
-    until = parse_time(request.query.get("until"), "until") or now
-    since = parse_time(request.query.get("since"), "since") or until - 3600
-    if until - since > 31 * 86400:
-        raise ApiError(400, "invalid", "at most 31 days at once")
-    return _json(await svc.series(request.match_info["id"], since, until))
+    until = parse_time(request.query.get("until"), "until")
+    until = now if until is None else until
+    since = parse_time(request.query.get("since"), "since")
+    since = until - 3600 if since is None else since
+    if not 0 <= until - since <= MAX_SERIES_S:
+        raise ApiError(400, "invalid", "since must be before until, at most 31 days apart")
+    return _json(await svc.series(device_id, since, until))
 
 
 async def map_data(request: web.Request) -> web.Response:
@@ -430,14 +503,14 @@ async def add_override(request: web.Request) -> web.Response:
     """Someone covers a roster for a period (supervisors and admins)."""
     svc = _svc(request)
     c = _caller(request)
-    body = await _body(request)
+    body = await body_of(request)
     request[_AUDIT] = {k: v for k, v in body.items() if isinstance(v, str | int | float)}
     _need(c, "roster.edit")
     start, end = parse_time(body.get("starts_at"), "starts_at"), parse_time(body.get("ends_at"), "ends_at")
     if start is None or end is None:
         raise ApiError(400, "invalid", "starts_at and ends_at are required")
-    o = svc.desk.add_override(c.actor, _text(body, "roster", 100), _text(body, "person", 100), start, end,
-                              _text(body, "reason", 500))
+    o = svc.desk.add_override(c.actor, text_field(body, "roster", 100), text_field(body, "person", 100), start, end,
+                              text_field(body, "reason", 500))
     return _json({"override": {"id": o.id, "roster": o.roster, "person": o.person, "starts_at": o.starts_at,
                                "ends_at": o.ends_at}}, 201)
 
@@ -454,12 +527,7 @@ async def delete_override(request: web.Request) -> web.Response:
 
 async def figures(request: web.Request) -> web.Response:
     """Handling figures for today and the last ``days`` days (1..92)."""
-    try:
-        days = int(request.query.get("days", "7"))
-    except ValueError:
-        raise ApiError(400, "invalid", "days must be an integer") from None
-    if not 1 <= days <= 92:
-        raise ApiError(400, "invalid", "days must be 1 .. 92")
+    days = query_int(request.query, "days", 7, 1, 92)
     return _json(_svc(request).figures(days))
 
 
@@ -467,23 +535,27 @@ async def audit_log(request: web.Request) -> web.Response:
     """The console's audit trail (supervisors and admins)."""
     c = _caller(request)
     _need(c, "audit.view")
-    try:
-        limit = min(int(request.query.get("limit", "200")), 2000)
-    except ValueError:
-        raise ApiError(400, "invalid", "limit must be an integer") from None
-    return _json({"entries": _svc(request).journal.audit_log(user=request.query.get("user") or None, limit=limit)})
+    limit = query_int(request.query, "limit", 200, 1, 2000)
+    return _json({"entries": _svc(request).journal.audit_log(user=query_text(request.query, "user", 100),
+                                                             limit=limit)})
 
 
 async def evidence(request: web.Request) -> web.StreamResponse:
-    """An evidence snapshot file from ``evidence_dir`` (logged-in users only)."""
+    """An evidence snapshot from the evidence store (logged-in users only; checked by the evidence policy)."""
     svc = _svc(request)
-    if not svc.config.evidence_dir:
+    root = svc.evidence.root
+    rel = request.match_info["path"]
+    if root is None:
         raise ApiError(404, "not_found", "no evidence folder configured")
-    root = Path(svc.config.evidence_dir).resolve()
-    path = (root / request.match_info["path"]).resolve()
-    if not path.is_relative_to(root) or not path.is_file() or path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+    if rel.startswith("/") or "\0" in rel:
         raise ApiError(404, "not_found", "no such snapshot")
-    return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+    try:
+        snap = await asyncio.to_thread(svc.evidence.read, str(root / rel))
+    except EvidenceRefused as exc:
+        svc.counters[f"evidence_refused_{exc.reason}"] += 1
+        raise ApiError(404, "not_found", f"no such snapshot ({exc.reason})") from None
+    return web.Response(body=snap.data, content_type=snap.content_type,
+                        headers={"Cache-Control": "private, max-age=3600", "Content-Disposition": "inline"})
 
 
 # ---------------------------------------------------------------------- server push
@@ -539,10 +611,13 @@ def build_app(svc: ConsoleService) -> web.Application:
     r.add_get("/api/board", get_board)
     r.add_get("/api/alerts/{id}", get_alert)
     r.add_get("/api/alerts/{id}/series", alert_series)
+    r.add_get("/api/alerts/{id}/snapshot", alert_snapshot)
     r.add_post("/api/alerts/{id}/{action}", alert_action)
     r.add_get("/api/silences", list_silences)
     r.add_post("/api/silences", create_silence)
     r.add_delete("/api/silences/{id}", expire_silence)
+    r.add_post("/api/maintenance", create_maintenance)
+    r.add_delete("/api/maintenance/{id}", delete_maintenance)
     r.add_get("/api/devices", list_devices)
     r.add_get("/api/devices/{id}", get_device)
     r.add_get("/api/devices/{id}/series", device_series)
@@ -554,6 +629,7 @@ def build_app(svc: ConsoleService) -> web.Application:
     r.add_get("/api/audit", audit_log)
     r.add_get("/api/events", events)
     r.add_get("/evidence/{path:.+}", evidence)
+    add_fieldwork_routes(r, lambda rq: _svc(rq).alerting.workorders, lambda rq: _caller(rq).actor, _audit_fields)
     r.add_static("/static/", STATIC, append_version=False)
     return app
 

@@ -35,6 +35,7 @@ from typing import Any
 import cv2
 
 from broker.contracts import Channel, DeviceEvent, DeviceStatus, Kind, Severity, Telemetry, device_topic, encode
+from broker.credentials import add_mqtt_arguments
 from broker.mqtt import MqttClient, MqttError, Will
 from edge.camera.config import (
     AgentConfig,
@@ -340,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vigil edge camera", description="Vigil camera agent")
     p.add_argument("--source", help="video file, rtsp:// or http:// stream, or device (0, /dev/video0)")
     p.add_argument("--camera-id", help="camera id used in topics (with --source)")
-    p.add_argument("--mqtt", help="broker URL, e.g. mqtt://localhost:1883 (or `mqtt` in the config)")
+    add_mqtt_arguments(p, help="broker URL, e.g. mqtt://localhost:1883 (or `mqtt` in the config)")
     p.add_argument("--config", help="YAML config: evidence, workers, camera defaults, cameras")
     p.add_argument("--loop", action="store_true", help="loop a video file at its own speed (demos)")
     p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-SHIPPED_PACKS = ("elevator", "vehicle", "emission", "camera")
+SHIPPED_PACKS = ("elevator", "vehicle", "emission", "camera", "safety")
 """Rule packs shipped with Vigil, all loaded by default."""
 
 
@@ -17,6 +17,9 @@ class RulesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Extra rule files or directories of ``*.yaml`` rule files."""
     timezone: str = "Asia/Shanghai"
     """Default time zone of schedules (a rule file or schedule may name another)."""
+    calendar: str | None = None
+    """Override file of the working-day calendar (extra holidays, make-up days, school terms; broker/calendar.py).
+    Statutory holidays come from the chinese_calendar package without it."""
     tick_interval_s: float = 1.0
     """How often time-driven rules (absence, pending timers, event expiry) are advanced."""
     snapshot_interval_s: float = 10.0

@@ -17,6 +17,11 @@ hysteresis needs no extra rule. A pair is one alert: it fires once and resolves 
 Time: a device's own timestamps drive its rules. Data older than the device's newest
 message ("late") still feeds sliding windows (if inside the window) but never moves a
 state machine, so a replayed or redelivered message cannot fire or clear anything twice.
+Period records (HJ 212 2051 minute, 2061 hourly, 2031 daily data, whose timestamp is the
+*start* of the period and which arrive after its end) keep a clock of their own per
+command: they are late only against older records of the same command, are filed in
+windows under their period start, are judged at the period's end (or the device's newer
+real-time clock) and never touch the real-time state (latest values, flags, clock).
 Ticks estimate the device's time as its last timestamp plus the wall time since it was
 heard, which promotes pending alerts and auto-resolves instant events while a device is
 silent, and judges absence on wall time.
@@ -37,9 +42,11 @@ from broker.contracts import (
     Telemetry,
     Transition,
 )
-from broker.registry import DeviceRegistry
+from broker.registry import DeviceRegistry, RegistryError
 from rules.conditions.base import CLEAR, FIRE, HOLD, EvalContext, Signal
-from rules.model import Rule
+from rules.emission_limits import check_registry
+from rules.model import Rule, missing_required_attributes
+from rules.periods import PERIOD_SECONDS, period_of
 
 INACTIVE: Final = 0
 PENDING: Final = 1
@@ -48,6 +55,8 @@ CLEARING: Final = 3
 PHASE_NAMES: Final = ("inactive", "pending", "firing", "clearing")
 _NO_SLOTS: Final[list[Any]] = []
 _NO_PARAMS: Final[dict[str, Any]] = {}
+_NO_PERIODS: Final[dict[str, float]] = {}
+"""Shared by devices that never sent a period record (most devices): keeps their state small."""
 TICK_SLICE_DEVICES: Final = 64
 """``tick_slices`` yields after this many devices."""
 
@@ -55,8 +64,8 @@ TICK_SLICE_DEVICES: Final = 64
 class RuleState:
     """One rule's state for one device."""
 
-    __slots__ = ("clear_since", "digest", "flapping", "flaps", "params", "phase", "published", "signal", "since",
-                 "slots", "started_at", "values")
+    __slots__ = ("clear_since", "digest", "flapping", "flaps", "params", "phase", "published", "published_ts", "signal",
+                 "since", "slots", "started_at", "values")
 
     def __init__(self, rule: Rule, params: dict[str, Any]) -> None:
         self.phase = INACTIVE
@@ -70,6 +79,8 @@ class RuleState:
         self.flaps: list[float] | tuple[()] = ()
         self.flapping = False
         self.published: str | None = None
+        self.published_ts = 0.0
+        """Device time of the last published transition (a later one never carries an older time)."""
         self.values: dict[str, Any] = _NO_PARAMS
         self.digest = rule.digest
 
@@ -77,8 +88,8 @@ class RuleState:
 class DeviceState:
     """What the engine knows about one device."""
 
-    __slots__ = ("device_id", "event_ts", "kind", "last_rx", "last_ts", "metrics", "quality", "rule_cache", "rules",
-                 "seen_rx", "site", "status_ts")
+    __slots__ = ("device_id", "event_ts", "kind", "last_rx", "last_ts", "metrics", "period_end", "periods",
+                 "quality", "rule_cache", "rules", "seen_rx", "site", "status_ts")
 
     def __init__(self, device_id: str, kind: Kind, site: str | None) -> None:
         self.device_id = device_id
@@ -95,6 +106,10 @@ class DeviceState:
         """Wall time of the newest message of any channel (the tick's device-time estimate starts there)."""
         self.metrics: dict[str, Any] = {}
         self.quality: dict[str, Any] = {}
+        self.periods: dict[str, float] = _NO_PERIODS
+        """Period start of the newest record per period command (``"2061"`` ...): each has its own clock."""
+        self.period_end = 0.0
+        """End of the newest period record (the device's clock when it sends period data only)."""
         self.rules: dict[str, RuleState] = {}
         self.rule_cache: dict[Any, list[Rule]] = {}
 
@@ -171,7 +186,17 @@ class RuleEngine:
         self._by_kind: dict[Kind, list[DeviceState]] = {}
         """Devices by kind, so the tick visits only devices a time-driven rule can apply to."""
         self._index = _Index()
-        self.set_rules(list(rules))
+        rules = list(rules)
+        if registry is not None and any(p.standard is not None for r in rules for p in r.params.values()):
+            problems = check_registry(registry)
+            if problems:
+                # A stack judged against no limit would be silently unsupervised: refuse to start.
+                raise RegistryError("emission devices without a usable standard:\n  " + "\n  ".join(problems))
+        if registry is not None:
+            missing = missing_required_attributes(rules, registry)
+            if missing:
+                raise RegistryError("devices without attributes their rules require:\n  " + "\n  ".join(missing))
+        self.set_rules(rules)
 
     # ------------------------------------------------------------------ rules
 
@@ -258,6 +283,10 @@ class RuleEngine:
             dev = self._device(msg.device_id, kind, payload.site)
             dev.seen_rx = max(dev.seen_rx, received)
             ts = _ts(payload.ts)
+            cn = period_of(payload.metrics)
+            if cn is not None:
+                self._process_period(dev, cn, payload, kind, ts, now, received, out)
+                return
             late = ts < dev.last_ts
             if not late:
                 dev.metrics.update(payload.metrics)
@@ -307,8 +336,11 @@ class RuleEngine:
                 self._run(rules, dev, ctx, received, out)
         elif isinstance(payload, DeviceStatus):
             dev = self._device(msg.device_id, kind, None)
+            # A status without a timestamp (the broker's last will) goes on the device's own clock: at
+            # receive time, a device whose clock runs slow would have its next online status judged
+            # older than the will and ignored, leaving it "offline" while it sends data.
+            ts = _ts(payload.ts) if payload.ts is not None else self.device_time(dev, received)
             dev.seen_rx = max(dev.seen_rx, received)
-            ts = _ts(payload.ts) if payload.ts is not None else received
             late = ts < dev.status_ts
             if not late:
                 dev.status_ts = ts
@@ -317,6 +349,40 @@ class RuleEngine:
                 ctx = EvalContext(msg.device_id, kind, ts, dev.metrics, dev.quality, {}, now,
                                   dev.last_rx, sample=False, late=late, status=payload)
                 self._run(rules, dev, ctx, received, out)
+
+    def _process_period(self, dev: DeviceState, cn: str, payload: Telemetry, kind: Kind, start: float, now: float,
+                        received: float, out: list[Transition]) -> None:
+        """A period record: its own clock per command, judged at the period's end, real-time state untouched."""
+        newest = dev.periods.get(cn)
+        late = newest is not None and start < newest
+        end = start + PERIOD_SECONDS[cn]
+        if late:
+            self.counters.late += 1
+        else:
+            if dev.periods is _NO_PERIODS:
+                dev.periods = {}
+            dev.periods[cn] = start
+            dev.period_end = max(dev.period_end, end)
+        dev.last_rx = max(dev.last_rx, received)
+        key = ("period", *payload.metrics)
+        rules = dev.rule_cache.get(key)
+        if rules is None:
+            # Only rules that read a metric of the record: flags-only expressions watch the real-time flags.
+            by_metric = self._index.by_metric.get(kind, {})
+            cands: dict[str, Rule] = {}
+            for metric in payload.metrics:
+                for r in by_metric.get(metric, ()):
+                    cands[r.name] = r
+            rules = self._rules_for(dev, key, list(cands.values()))
+        if not rules:
+            return
+        # Judged when it arrives: at the period's end, or later if the real-time clock is already past it,
+        # so the decision never goes back in time; the record is seen on its own (its values and flags only).
+        decision = max(end, dev.last_ts)
+        ctx = EvalContext(dev.device_id, kind, decision, payload.metrics, payload.quality or {}, {}, now,
+                          dev.last_rx, sample=not late, late=late, message_metrics=payload.metrics,
+                          sample_ts=start)
+        self._run(rules, dev, ctx, received, out)
 
     def _run(self, rules: list[Rule], dev: DeviceState, ctx: EvalContext, received: float | None,
              out: list[Transition]) -> None:
@@ -467,12 +533,20 @@ class RuleEngine:
     def _transition(self, rule: Rule, dev: DeviceState, rs: RuleState, status: str, ts: float,
                     ctx: EvalContext | None, received: float | None) -> Transition:
         self.counters.transitions += 1
+        # A store-and-forward backlog can resolve, with its old device timestamps, an alert the tick
+        # fired on estimated device time; alerting drops a transition older than the alert's last
+        # one as stale, so the alert would never close. Keep each alert's transitions in time order.
+        ts = max(ts, rs.published_ts)
+        rs.published_ts = ts
         rs.published = status
         self.changes.append((dev.device_id, rule.name))
         values = dict(rs.values)
         if rs.flapping:
             values["flapping"] = True
+        # ``device_id`` and ``kind`` as alerting's templates name them, so a summary written with
+        # either vocabulary renders (``探针 {device_id}`` once rendered as ``探针 ?``).
         fields: dict[str, Any] = {**rs.params, **dev.metrics, **values, "device": dev.device_id,
+                                  "device_id": dev.device_id, "kind": str(dev.kind),
                                   "site": dev.site or "", "rule": rule.name, "device_name": dev.device_id,
                                   "site_name": dev.site or ""}
         if self.registry is not None:
@@ -487,7 +561,7 @@ class RuleEngine:
             summary_en = f"[flapping, suppressed] {summary_en}"
         event = ctx.event if ctx is not None else None
         from_data = ctx is not None and (ctx.sample or event is not None or ctx.status is not None)
-        source_ts = ctx.ts if from_data and ctx is not None else max(dev.last_ts, dev.event_ts)
+        source_ts = ctx.data_ts if from_data and ctx is not None else max(dev.last_ts, dev.event_ts)
         if not from_data:
             received = None
         return Transition(
@@ -504,7 +578,7 @@ class RuleEngine:
 
     def device_time(self, dev: DeviceState, now: float) -> float:
         """Estimated device time: its last timestamp plus the wall time since it was last heard."""
-        newest = max(dev.last_ts, dev.event_ts, dev.status_ts)
+        newest = max(dev.last_ts, dev.event_ts, dev.status_ts, dev.period_end)
         if newest <= 0:
             return now
         return newest + max(0.0, now - max(dev.seen_rx, dev.last_rx))

@@ -41,6 +41,19 @@ def _clamp(value: Any, low: Any, high: Any) -> Any:
     return max(low, min(high, value))
 
 
+O2_UNUSABLE: Final = 20.0
+"""Measured O2 (%) at or above which a converted (折算) value is meaningless (flue gas is almost air)."""
+
+
+def _zs(value: Any, o2: Any, reference: Any) -> Any:
+    # HJ 75 / the emission standards: C_zs = C * (21 - O2_ref) / (21 - O2_measured).
+    if reference is None:
+        return float(value)  # no reference O2 (water, a local limit without one): the value as measured
+    if not O2_UNUSABLE > float(o2) >= 0:
+        raise ValueError("O2 out of the usable range")
+    return float(value) * (21.0 - float(reference)) / (21.0 - float(o2))
+
+
 def _mul(a: Any, b: Any) -> Any:
     # Numbers only: "x" * n with n from a device could allocate without bound.
     if a.__class__ is str or b.__class__ is str or isinstance(a, tuple) or isinstance(b, tuple):
@@ -59,6 +72,7 @@ _FUNCTIONS: Final[dict[str, tuple[Callable[..., Any], int, int]]] = {
     "float": (float, 1, 1),
     "finite": (_finite, 1, 1),
     "clamp": (_clamp, 3, 3),
+    "zs": (_zs, 3, 3),
 }
 """Plain functions callable from expressions."""
 
@@ -102,6 +116,24 @@ def _dotted(node: ast.expr) -> str | None:
         parts.append(node.id)
         return ".".join(reversed(parts))
     return None
+
+
+TEXT_METRICS: Final = frozenset({"hj212.cn", "hj212.st", "hj212.qn"})
+"""Metrics that are always text: comparing one with a number is always false, so it is refused."""
+
+
+def _check_text_metrics(operands: list[ast.expr]) -> None:
+    names = [_dotted(o) for o in operands]
+    text = next((n for n in names if n in TEXT_METRICS), None)
+    if text is None:
+        return
+    for o in operands:
+        items = o.elts if isinstance(o, ast.Tuple | ast.List) else [o]
+        for item in items:
+            if isinstance(item, ast.Constant) and isinstance(item.value, int | float) \
+                    and not isinstance(item.value, bool):
+                raise ExpressionError(f"{text} is text (\"{item.value!r}\"), compare it with a quoted string: "
+                                      f"{text} == \"{item.value!r}\"")
 
 
 class _Rewriter:
@@ -165,6 +197,7 @@ class _Rewriter:
             for op in node.ops:
                 if not isinstance(op, _CMPOPS):
                     raise ExpressionError(f"comparison {type(op).__name__} is not allowed")
+            _check_text_metrics([node.left, *node.comparators])
             node.left = self.visit(node.left)
             node.comparators = [self.visit(c) for c in node.comparators]
             return node

@@ -30,6 +30,7 @@ import yaml
 import rules.conditions  # noqa: F401
 from broker.contracts import Kind, Severity
 from rules.conditions.base import CONDITION_TYPES, BuildContext, Condition, RuleError, parse_duration
+from rules.emission_limits import WHATS
 from rules.model import FlappingSpec, ParamSpec, Rule, Template, spec_digest
 from rules.yamlsrc import LineDict, LineList, load_yaml
 
@@ -324,11 +325,22 @@ def _params(raw: LineDict) -> dict[str, ParamSpec]:
         pline = spec.line_of(pname)
         if not pname.isidentifier() or pname.startswith("_"):
             raise RuleError(pline, f"params: {pname!r} is not a valid parameter name")
-        if isinstance(value, dict):
-            extra = set(value) - {"attr", "default"}
+        if isinstance(value, dict) and "standard" in value:
+            what, code = value.get("standard"), value.get("code", "")
+            if set(value) - {"standard", "code"} or what not in WHATS or (what != "reference_o2" and not code):
+                raise RuleError(pline, f"params.{pname}: expected {{standard: {' | '.join(sorted(WHATS))}, "
+                                       "code: POLLUTANT}")
+            out[pname] = ParamSpec(pname, None, None, (str(what), str(code)))
+        elif isinstance(value, dict):
+            extra = set(value) - {"attr", "default", "required"}
             if extra or "attr" not in value:
-                raise RuleError(pline, f"params.{pname}: expected {{attr: NAME, default: VALUE}}")
-            out[pname] = ParamSpec(pname, str(value["attr"]), value.get("default"))
+                raise RuleError(pline, f"params.{pname}: expected {{attr: NAME, default: VALUE}} "
+                                       "or {attr: NAME, required: true}")
+            required = value.get("required", False)
+            if not isinstance(required, bool) or (required and value.get("default") is not None):
+                raise RuleError(pline, f"params.{pname}: 'required' is true or false, and a required "
+                                       "attribute has no default")
+            out[pname] = ParamSpec(pname, str(value["attr"]), value.get("default"), required=required)
         elif isinstance(value, str | int | float | bool | list) or value is None:
             out[pname] = ParamSpec(pname, None, value)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -18,8 +18,9 @@ _BRACES_RE: Final = re.compile(r"[{}]")
 
 class Template:
     """``"电梯超速 {speed_mps:.2f} m/s"``: fields name metrics, parameters, computed values or
-    ``device``/``site``/``rule``/``device_name``/``site_name``; an optional format spec is limited
-    to alignment, sign, width, precision and type, so a template cannot reach into objects."""
+    ``device`` (also ``device_id``)/``kind``/``site``/``rule``/``device_name``/``site_name``; an
+    optional format spec is limited to alignment, sign, width, precision and type, so a template
+    cannot reach into objects."""
 
     def __init__(self, text: str, line: int, what: str) -> None:
         self.text = text
@@ -76,9 +77,17 @@ class ParamSpec:
     name: str
     attr: str | None
     default: Any
+    standard: tuple[str, str] | None = None
+    """``(what, code)``: the device's emission limit from its declared standard (rules.emission_limits)."""
+    required: bool = False
+    """Every registered device the rule applies to must carry the attribute (no guessed default)."""
 
     def resolve(self, registry: DeviceRegistry | None, device_id: str) -> Any:
         """The device's value (device attribute, then its site's, then the default)."""
+        if self.standard is not None:
+            from rules.emission_limits import param_value  # the tables load only when a rule asks
+
+            return param_value(registry, device_id, *self.standard)
         if self.attr is None or registry is None:
             return self.default
         return registry.attribute(device_id, self.attr, self.default)
@@ -161,8 +170,8 @@ class Rule:
 
     @property
     def watches_silence(self) -> bool:
-        """Whether the rule must also look at registered devices that never reported (absence)."""
-        return any(c.type_key == "absence" for c in self.conditions())
+        """Whether the rule must also look at registered devices that never reported (absence, registry dates)."""
+        return any(c.type_key in ("absence", "due") for c in self.conditions())
 
     def applies_to(self, device_id: str, kind: str, site: str | None, device: Device | None) -> bool:
         """Whether the rule's scope includes this device."""
@@ -201,3 +210,25 @@ def _canonical(raw: Any) -> Any:
     if isinstance(raw, list):
         return tuple(_canonical(v) for v in raw)
     return raw
+
+
+def missing_required_attributes(rules: Iterable[Rule], registry: DeviceRegistry) -> list[str]:
+    """Registered devices lacking an attribute that a rule applying to them declares ``required``.
+
+    An elevator without its rated speed would be judged against a guess; the platform refuses to
+    start instead, naming each device and attribute.
+    """
+    problems: set[str] = set()
+    for rule in rules:
+        needed = [p for p in rule.params.values() if p.required and p.attr]
+        if not needed:
+            continue
+        for dev in registry.devices.values():
+            kind = str(getattr(dev.kind, "value", dev.kind))  # Device built in code may carry a plain string
+            if not rule.applies_to(dev.id, kind, dev.site, dev):
+                continue
+            for p in needed:
+                if registry.attribute(dev.id, str(p.attr), None) is None:
+                    problems.add(f"{registry.source}: device {dev.id} ({kind}): attribute {p.attr!r} "
+                                 f"is required (rule {rule.name})")
+    return sorted(problems)

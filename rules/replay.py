@@ -37,6 +37,7 @@ from broker.contracts import (
 from broker.registry import DeviceRegistry, RegistryError
 from rules.engine import RuleEngine
 from rules.loader import PACKS_DIR, load_rules
+from rules.periods import PERIOD_SECONDS, period_of
 
 
 class ReplayError(Exception):
@@ -123,7 +124,11 @@ def read_influx(url: str, db: str, since: float | None, until: float | None,
             if not metrics or not row.get("device"):
                 continue
             tel = Telemetry(ts=ts, metrics=metrics, quality=quality or None, site=row.get("site"))
-            out.append(DeviceMessage(Kind(kind), row["device"], Channel.TELEMETRY, tel, ts.timestamp()))
+            # Storage keeps no receive time: a period record (HJ 212 2051/2061/2031, stamped with its
+            # period's start) is replayed as received at its period's end, when a logger sends it.
+            cn = period_of(metrics)
+            received = ts.timestamp() + (PERIOD_SECONDS[cn] if cn is not None else 0.0)
+            out.append(DeviceMessage(Kind(kind), row["device"], Channel.TELEMETRY, tel, received))
     wanted = set(kinds)
     for row in _rows(url, db, "events", where):
         if row.get("kind") not in wanted or not row.get("device") or not row.get("type"):
@@ -194,7 +199,11 @@ def replay_history(rule_paths: list[str], *, mqtt_file: str | None, influx_url: 
     messages = [m for m in messages
                 if (not devices or m.device_id in devices) and (not kinds or m.kind.value in kinds)
                 and (t_since is None or _payload_ts(m) >= t_since) and (t_until is None or _payload_ts(m) < t_until)]
-    engine = RuleEngine(ruleset.rules, reg)
+    try:
+        engine = RuleEngine(ruleset.rules, reg)
+    except RegistryError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 1
     transitions = run_replay(engine, messages, tick)
     firing = 0
     for tr in transitions:

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from broker.calendar import HolidayCalendar, install_calendar
 from broker.contracts import Channel, DeviceMessage, Transition, encode, transition_topic
 from broker.ingest import DeviceIngest
-from broker.mqtt import MqttClient
+from broker.mqtt import MqttClient, NotDurable
 from broker.registry import DeviceRegistry
 from rules.config import RulesConfig
 from rules.engine import RuleEngine
@@ -117,6 +118,8 @@ class RulesService:
         self.mqtt = mqtt
         self.ingest = ingest
         self.registry = registry
+        if config.calendar:
+            install_calendar(HolidayCalendar.load(config.calendar))
         self.files = RuleFiles(configured_files(config), config.timezone, config)
         self.files.load(force=True)
         self.engine = RuleEngine(self.files.rules(), registry)
@@ -130,6 +133,8 @@ class RulesService:
         self._local_consumers: list[LocalTransitionConsumer] = []
         self._reload_requested = False
         self._last_error_log = 0.0
+        self._last_journal_log = 0.0
+        self._not_durable: list[NotDurable] = []
         log.info("rules: %d rules from %d files, %d devices restored from %s", len(self.engine.rules),
                  len(self.files.files), len(self.engine.devices), state_dir)
 
@@ -150,6 +155,29 @@ class RulesService:
         self._publish(transitions)
         self._journal()
         self._report_errors(errors)
+        pending = self._take_not_durable()
+        if self.store.unwritten:
+            # The batch's state changes are not on disk: the MQTT client must not acknowledge it.
+            # The retry writes the journal only; the messages are not evaluated twice.
+            pending.append(NotDurable(f"rules journal: {self.store.last_error}", self.store.flush_pending))
+        if pending:
+            raise NotDurable.combine(pending)
+
+    def _take_not_durable(self) -> list[NotDurable]:
+        pending, self._not_durable = self._not_durable, []
+        return pending
+
+    def _retry_not_durable(self) -> None:
+        """From the run loop: retry what local consumers could not store during a tick (kept otherwise)."""
+        still: list[NotDurable] = []
+        for item in self._take_not_durable():
+            try:
+                item.retry()
+            except NotDurable as exc:
+                still.append(exc)
+            except OSError as exc:
+                still.append(NotDurable(str(exc), item.retry))
+        self._not_durable = still + self._not_durable
 
     def _report_errors(self, before: int) -> None:
         """Log (at most every 10 s) that rule evaluations raised; the engine counted and skipped them."""
@@ -184,6 +212,10 @@ class RulesService:
         for consumer in self._local_consumers:
             try:
                 consumer(out)
+            except NotDurable as exc:
+                # Applied but not stored (alerting's database on a full disk): the batch stays
+                # unacknowledged until its retry succeeds (see on_device_messages).
+                self._not_durable.append(exc)
             except Exception:
                 self.handler_errors += 1
                 log.exception("rules: local transition consumer %r failed", consumer)
@@ -192,7 +224,11 @@ class RulesService:
         try:
             self.store.append(self.engine, self.engine.drain_changes())
         except OSError as exc:
-            log.warning("rules: cannot write the state journal: %s", exc)
+            # The lines stay in memory (StateStore.unwritten) and are written first next time.
+            if time.monotonic() - self._last_journal_log > 10.0:
+                self._last_journal_log = time.monotonic()
+                log.warning("rules: cannot write the state journal (%d lines kept in memory): %s",
+                            self.store.unwritten, exc)
 
     def tick(self, now: float | None = None) -> None:
         """Advance time-driven rules and publish what they decide."""
@@ -265,6 +301,8 @@ class RulesService:
             while True:
                 await asyncio.sleep(self.config.tick_interval_s)
                 try:
+                    if self._not_durable:
+                        self._retry_not_durable()
                     await self.tick_sliced()
                     mono = time.monotonic()
                     if self._reload_requested:
@@ -278,6 +316,9 @@ class RulesService:
                         await self.snapshot()
                 except asyncio.CancelledError:
                     raise
+                except OSError as exc:
+                    # Disk full: the previous snapshot and the journals still restore everything.
+                    log.warning("rules: cannot write the state snapshot: %s", exc)
                 except Exception:
                     self.handler_errors += 1
                     log.exception("rules: periodic work failed; carrying on")
@@ -305,5 +346,7 @@ class RulesService:
             "reloads": self.reloads, "reload_failures": self.reload_failures, "rule_file_errors": len(self.files.errors),
             "handler_errors": self.handler_errors, "evaluation_errors": c.errors, "snapshots": self.store.snapshots,
             "journal_lines": self.store.journal_lines, "restored_journal_lines": self.restored,
+            "journal_errors": self.store.journal_errors, "journal_unwritten": self.store.unwritten,
+            "snapshot_errors": self.store.snapshot_errors,
         }
         return {k: float(v) for k, v in out.items()}

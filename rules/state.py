@@ -8,6 +8,10 @@
   batch is acknowledged to the broker. Lines carry the snapshot generation they follow, so a
   crash between writing a snapshot and truncating the journal never replays stale lines.
 
+A journal write the disk refuses is cut off again (no torn line is left) and its lines stay in
+memory (``unwritten``); they are written first at the next attempt. The rules service does not
+let the MQTT client acknowledge a batch while lines are unwritten (see ``rules.service``).
+
 After a restart the engine therefore knows which alerts are firing (no duplicate firing)
 and which were pending since when (no lost alert); only window samples newer than the last
 snapshot are lost.
@@ -16,6 +20,7 @@ snapshot are lost.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -99,6 +104,7 @@ def _device_doc(engine: RuleEngine, dev: DeviceState) -> dict[str, Any]:
         "kind": dev.kind, "site": dev.site, "last_ts": dev.last_ts, "last_rx": dev.last_rx,
         "event_ts": dev.event_ts, "status_ts": dev.status_ts, "seen_rx": dev.seen_rx,
         "metrics": dev.metrics, "quality": dev.quality, "rules": rules,
+        "periods": dev.periods, "period_end": dev.period_end,  # HJ 212 period records' clocks (rules.periods)
     }
 
 
@@ -203,6 +209,9 @@ def engine_from_doc(engine: RuleEngine, doc: dict[str, Any]) -> int:
         dev.last_rx = float(d.get("last_rx", 0.0))
         dev.metrics.update(d.get("metrics", {}))
         dev.quality.update(d.get("quality", {}))
+        if d.get("periods"):
+            dev.periods = {str(k): float(v) for k, v in d["periods"].items()}  # period records' own clocks
+        dev.period_end = float(d.get("period_end", 0.0))
         for name, entry in d.get("rules", {}).items():
             _apply_machine(engine, dev, name, entry, with_slots=True)
     return int(doc.get("generation", 0))
@@ -221,9 +230,14 @@ class StateStore:
         self.snapshot_path = directory / "rules-state.json"
         self.fsync = fsync
         self.generation = 0
-        self._journal: Any = None
+        self._fd: int | None = None
+        self._size = 0
+        self._unwritten: list[bytes] = []
         self.snapshots = 0
         self.journal_lines = 0
+        self.journal_errors = 0
+        self.snapshot_errors = 0
+        self.last_error: str | None = None
 
     def journal_path(self, generation: int) -> Path:
         """The journal that follows snapshot ``generation``."""
@@ -269,14 +283,18 @@ class StateStore:
                 replayed += 1
         return replayed
 
+    @property
+    def unwritten(self) -> int:
+        """Journal lines kept in memory because the disk refused them."""
+        return len(self._unwritten)
+
     def append(self, engine: RuleEngine, changes: list[tuple[str, str]]) -> None:
-        """Journal the state machines of the changed (device, rule) pairs."""
-        if not changes:
-            return
-        if self._journal is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._journal = open(self.journal_path(self.generation), "ab")  # noqa: SIM115 - kept open
-        lines = []
+        """Journal the state machines of the changed (device, rule) pairs.
+
+        Raises:
+            OSError: the disk refused the write; the lines stay in memory for ``flush_pending``.
+        """
+        lines = self._unwritten
         for device_id, name in changes:
             dev = engine.devices.get(device_id)
             if dev is None:
@@ -287,11 +305,42 @@ class StateStore:
                 "d": device_id, "k": dev.kind, "s": dev.site, "r": name,
                 "ts": dev.last_ts, "ets": dev.event_ts, "rx": dev.last_rx, "m": machine,
             }))
-        self._journal.write(b"\n".join(lines) + b"\n")
-        self._journal.flush()
-        if self.fsync:
-            os.fsync(self._journal.fileno())
-        self.journal_lines += len(lines)
+        self.flush_pending()
+
+    def flush_pending(self) -> None:
+        """Write the journal lines not written yet (one ``write``; a partial one is cut off again).
+
+        Raises:
+            OSError: the disk still refuses them; they stay in memory.
+        """
+        if not self._unwritten:
+            return
+        data = b"\n".join(self._unwritten) + b"\n"
+        try:
+            if self._fd is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.journal_path(self.generation), os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                self._size = os.fstat(self._fd).st_size
+                if self._size and os.pread(self._fd, 1, self._size - 1) != b"\n":
+                    data = b"\n" + data  # end a torn last line (crash) so it does not swallow these
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+                if self.fsync:
+                    os.fsync(self._fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+                raise
+        except OSError as exc:
+            self.journal_errors += 1
+            self.last_error = str(exc)
+            raise
+        self._size += len(data)
+        self.journal_lines += len(self._unwritten)
+        self._unwritten = []
+        self.last_error = None
 
     def begin_snapshot(self, engine: RuleEngine) -> tuple[int, bytes]:
         """Encode the state now (in the engine's thread) and start the next journal generation."""
@@ -315,11 +364,18 @@ class StateStore:
         """Write an encoded snapshot atomically (may run in a thread), then drop older journals."""
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.snapshot_path.with_suffix(".json.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.snapshot_path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.snapshot_path)
+        except OSError:
+            # The previous snapshot and every journal since it stay, so a restart still restores.
+            self.snapshot_errors += 1
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         self.snapshots += 1
         for gen, path in self._journals():
             if gen < generation:
@@ -332,8 +388,8 @@ class StateStore:
         self.write_snapshot(generation, data)
 
     def close(self) -> None:
-        """Close the journal file."""
-        if self._journal is not None:
+        """Close the journal file (unwritten lines stay in memory for the next journal)."""
+        if self._fd is not None:
             with contextlib.suppress(OSError):
-                self._journal.close()
-            self._journal = None
+                os.close(self._fd)
+            self._fd = None

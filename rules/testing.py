@@ -14,6 +14,7 @@ A test file (``*_test.yaml``)::
           - {at: 0s, metrics: {speed_mps: 1.0, door: closed}}
           - {at: 5s, event: {type: trapped_passenger, state: start}}
           - {at: 9s, status: {online: false}}
+          - {at: 0s, arrive: 1h, metrics: {x: 1}}   # `arrive`: received later than its timestamp
         series:                          # shorthand: one metric, values every `interval` ('_' = no sample),
           - {metric: speed_mps, start: 1s, interval: 1s, values: "2.4 2.4 2.4 1.9"}
           # optional: `flag: N` (HJ 212 flag of the metric's code), `extra: {cn: 2051}` (metrics sent alongside)
@@ -110,6 +111,9 @@ class _Case:
             raise RuleError(getattr(item, "line", 0), "each input needs 'at' and one of metrics/event/status/tick")
         line = item.line if isinstance(item, LineDict) else 0
         at = parse_duration(item["at"], line, "input.at")
+        # `arrive`: when the message is received, if not at its timestamp (HJ 212 period records
+        # carry their period's start and arrive at its end).
+        arrive = parse_duration(item["arrive"], line, "input.arrive") if "arrive" in item else at
         device = str(item.get("device", self.device))
         kind = str(item.get("kind", self.kind))
         ts = self.start + timedelta(seconds=at)
@@ -117,7 +121,7 @@ class _Case:
             if "metrics" in item:
                 tel = msgspec.convert({"ts": ts, "metrics": item["metrics"], "quality": item.get("quality"),
                                        "site": item.get("site")}, Telemetry)
-                self.steps.append((at, 0, DeviceMessage(Kind(kind), device, Channel.TELEMETRY, tel)))
+                self.steps.append((arrive, 0, DeviceMessage(Kind(kind), device, Channel.TELEMETRY, tel)))
             elif "event" in item:
                 ev = msgspec.convert({"ts": ts, **item["event"]}, DeviceEvent)
                 self.steps.append((at, 0, DeviceMessage(Kind(kind), device, Channel.EVENT, ev)))
@@ -235,6 +239,10 @@ def run_test_file(path: str | Path) -> list[TestOutcome]:
             registry = DeviceRegistry.from_data(_plain(doc["registry"]), f"{source}: registry")
         except RegistryError as exc:
             return [TestOutcome(source, "<registry>", False, [str(exc)])]
+    try:
+        RuleEngine(ruleset.rules, registry)  # a stack without a usable emission standard fails here
+    except RegistryError as exc:
+        return [TestOutcome(source, "<registry>", False, [str(exc)])]
     outcomes = []
     for spec in doc["tests"]:
         name = str(spec.get("name", "?")) if isinstance(spec, dict) else "?"

@@ -11,7 +11,8 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 packages=(python3 python3-venv python3-pip mosquitto mosquitto-clients influxdb victoria-metrics)
-if [ "$want_test" -eq 1 ]; then packages+=(chromium openssl fonts-wqy-microhei); fi
+# faketime: libfaketime steps the platform clock in tests/faults/test_platform_clock.py.
+if [ "$want_test" -eq 1 ]; then packages+=(chromium openssl fonts-wqy-microhei faketime); fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -32,5 +33,6 @@ extras=""
 if [ "$want_test" -eq 1 ]; then extras="[test]"; fi
 echo "setup: installing Vigil and its Python packages into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".${extras}"
+# constraints.txt pins every package to the versions CI tested (pyproject.toml only bounds them).
+.venv/bin/python -m pip install -q -c constraints.txt -e ".${extras}"
 echo "setup: done"

@@ -7,7 +7,8 @@ distance left (``v <= sqrt(2 a d)``), levels at the landing, and serves calls wi
 up/down sweep. Faults are armed at a scenario time, wait for the situation they need (a
 moving, occupied car; an open door; a trip to the top) and then act for a while.
 
-The fleet runner that publishes many of these over MQTT is ``simulators.elevator_fleet``.
+The fleet runner that publishes many of these over MQTT is ``simulators.elevator_fleet``; the
+monitoring box that edge's elevator agent reads is ``simulators.elevator_box``.
 """
 
 from __future__ import annotations
@@ -276,6 +277,15 @@ class ElevatorSimulation:
     def active_faults(self) -> list[FaultType]:
         """Faults acting now."""
         return [f.spec.type for f in self._faults if f.state == "active"]
+
+    def renew_faults(self, faults: Sequence[FaultSpec]) -> None:
+        """Replace the faults not yet acting with ``faults``, their ``at_s`` counted from now.
+
+        A fault already acting runs its course, so a long-running simulation (the demo's boxes)
+        can take a fresh set of faults without the car jumping to a new state.
+        """
+        kept = [f for f in self._faults if f.state == "active"]
+        self._faults = kept + [_Fault(msgspec.structs.replace(f, at_s=self.t + f.at_s)) for f in faults]
 
     # ------------------------------------------------------------------ internals
 

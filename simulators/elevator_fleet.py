@@ -8,7 +8,10 @@ edge detectors run in the loop (``detect=True``). Without ``detect`` the telemet
 straight from the physics: the cheapest path, for load on the backbone.
 
 Elevators are spread over the connections round-robin and over each tick in ``slices``
-groups, so the load is smooth rather than one burst per tick.
+groups, so the load is smooth rather than one burst per tick. That publisher is a load
+generator for the backbone (it stands in for many agents' output); the demo instead runs
+``SimulatedBoxFleet``: simulated boxes read by edge's real elevator agents, so the demo's
+telemetry and events come from ``ElevatorMonitor`` through ``EdgeLink`` as in the field.
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.contracts import Channel, Kind, Telemetry, device_topic, encode
+from broker.credentials import add_mqtt_arguments
 from broker.mqtt import MqttClient
 from simulators.elevator import ElevatorSimulation, ElevatorSpec, FaultSpec, FaultType
+from simulators.elevator_box import SimulatedBoxDriver, signals_from_car
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,84 @@ class FleetStats:
         return self.published / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+def plan_faults(count: int, *, seed: int = 0, faults: Sequence[FleetFault | FaultSpec] = (),
+                fault_fraction: float = 0.0, duration_s: float = 60.0) -> dict[int, list[FaultSpec]]:
+    """Which elevator (index) gets which faults, deterministically from ``seed``; see ``ElevatorFleet``.
+
+    Raises:
+        ValueError: a fault names an elevator the fleet does not have.
+    """
+    rng = random.Random(seed)
+    per_device: dict[int, list[FaultSpec]] = {}
+    for item in faults:
+        ff = item if isinstance(item, FleetFault) else FleetFault(item)
+        index = ff.device if ff.device is not None else rng.randrange(count)
+        if not 0 <= index < count:
+            raise ValueError(f"fault for elevator {index} but the fleet has {count}")
+        per_device.setdefault(index, []).append(ff.fault)
+    menu = [k for k in DEFAULT_FAULT_MENU if duration_s >= _FAULT_NEEDS.get(k, (0.0, 0.0))[1]]
+    for index in rng.sample(range(count), round(count * max(0.0, min(1.0, fault_fraction)))):
+        kind = rng.choice(menu)
+        at = rng.uniform(0.1, 0.5) * duration_s
+        lasts = max(min(90.0, duration_s / 3), _FAULT_NEEDS.get(kind, (0.0, 0.0))[0])
+        per_device.setdefault(index, []).append(FaultSpec(type=kind, at_s=at, duration_s=lasts))
+    return per_device
+
+
+class SimulatedBoxFleet:
+    """Simulated monitoring boxes for real elevator agents, with a fresh set of faults every cycle (the demo).
+
+    Only cars and boxes are simulated here: whoever runs the fleet reads each box with edge's
+    ``ElevatorAgent`` (``edge.elevator.cli.open_agent``), which detects and publishes. Cycle 0's
+    faults and cars are those of ``ElevatorFleet(count, seed=seed, fault_fraction=..., duration_s=cycle_s)``;
+    each later cycle arms the faults of seed ``seed + cycle`` in the running cars, so nothing jumps.
+    """
+
+    def __init__(self, device_ids: Sequence[str], *, seed: int = 0, spec: ElevatorSpec | None = None,
+                 passengers_per_min: float = 2.0, fault_fraction: float = 0.0, cycle_s: float = 120.0,
+                 time_scale: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        """Build one box per device id; ``time_scale`` and ``clock`` drive each box's simulated time."""
+        if not device_ids:
+            raise ValueError("a fleet needs at least one elevator")
+        if cycle_s <= 0 or time_scale <= 0:
+            raise ValueError("cycle_s and time_scale must be positive")
+        self.spec = spec or ElevatorSpec()
+        self.cycle = 0
+        self.cycle_s = cycle_s
+        self._seed = seed
+        self._fraction = fault_fraction
+        self._scale = time_scale
+        planned = self._plan(len(device_ids))
+        self.boxes: dict[str, SimulatedBoxDriver] = {}
+        for i, device_id in enumerate(device_ids):
+            sim = ElevatorSimulation(self.spec, seed=seed * 1_000_003 + i, passengers_per_min=passengers_per_min,
+                                     faults=planned.get(i, ()),
+                                     start_floor=self.spec.lowest_floor + i % self.spec.floors)
+            self.boxes[device_id] = SimulatedBoxDriver(sim, time_scale=time_scale, clock=clock)
+        self.faulted = [device_ids[i] for i in sorted(planned)]
+
+    def _plan(self, count: int) -> dict[int, list[FaultSpec]]:
+        return plan_faults(count, seed=self._seed + self.cycle, fault_fraction=self._fraction,
+                           duration_s=self.cycle_s)
+
+    def renew_faults(self) -> list[str]:
+        """Start the next cycle: arm its faults from each car's present time; returns the faulted device ids."""
+        self.cycle += 1
+        planned = self._plan(len(self.boxes))
+        for i, box in enumerate(self.boxes.values()):
+            box.simulation.renew_faults(planned.get(i, ()))
+        ids = list(self.boxes)
+        self.faulted = [ids[i] for i in sorted(planned)]
+        return self.faulted
+
+    async def run_cycles(self) -> None:
+        """Renew the faults every ``cycle_s`` simulated seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(self.cycle_s / self._scale)
+            faulted = self.renew_faults()
+            log.info("elevator boxes: cycle %d, faults for %s", self.cycle, ", ".join(faulted) or "none")
+
+
 class _Member:
     __slots__ = ("device_id", "events_topic", "monitor", "seq", "sim", "topic")
 
@@ -106,20 +189,7 @@ class ElevatorFleet:
             raise ValueError("count must be at least 1")
         self.spec = spec or ElevatorSpec()
         self.site = site
-        rng = random.Random(seed)
-        per_device: dict[int, list[FaultSpec]] = {}
-        for item in faults:
-            ff = item if isinstance(item, FleetFault) else FleetFault(item)
-            index = ff.device if ff.device is not None else rng.randrange(count)
-            if not 0 <= index < count:
-                raise ValueError(f"fault for elevator {index} but the fleet has {count}")
-            per_device.setdefault(index, []).append(ff.fault)
-        menu = [k for k in DEFAULT_FAULT_MENU if duration_s >= _FAULT_NEEDS.get(k, (0.0, 0.0))[1]]
-        for index in rng.sample(range(count), round(count * max(0.0, min(1.0, fault_fraction)))):
-            kind = rng.choice(menu)
-            at = rng.uniform(0.1, 0.5) * duration_s
-            lasts = max(min(90.0, duration_s / 3), _FAULT_NEEDS.get(kind, (0.0, 0.0))[0])
-            per_device.setdefault(index, []).append(FaultSpec(type=kind, at_s=at, duration_s=lasts))
+        per_device = plan_faults(count, seed=seed, faults=faults, fault_fraction=fault_fraction, duration_s=duration_s)
         monitor_factory = _monitor_factory(self.spec) if detect else None
         self.members: list[_Member] = []
         for i in range(count):
@@ -148,8 +218,6 @@ class ElevatorFleet:
         out: list[tuple[str, bytes, str | None]] = [
             (m.topic, encode(Telemetry(ts=ts, metrics=car.metrics(), seq=m.seq, site=self.site)), None)]
         if m.monitor is not None:
-            from edge.elevator.simulated import signals_from_car
-
             if self._epoch is None:
                 self._epoch = now - car.t
             # Detector timings follow simulated time, so unpaced runs detect what paced runs do.
@@ -263,7 +331,7 @@ async def run_fleet(mqtt_url: str, count: int, rate_hz: float, duration_s: float
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Options of ``vigil sim elevator-fleet`` (added to ``parser`` or a new one)."""
     p = parser or argparse.ArgumentParser(prog="vigil sim elevator-fleet", description=__doc__)
-    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL")
+    add_mqtt_arguments(p, default="mqtt://127.0.0.1:1883", help="broker URL")
     p.add_argument("--count", type=int, default=100, help="number of elevators")
     p.add_argument("--rate", type=float, default=1.0, help="telemetry messages per elevator per second")
     p.add_argument("--duration", type=float, default=60.0, help="seconds to run")

@@ -35,11 +35,17 @@ from edge.hj212.codec import (
     FLAG_ACK,
     VERSION_2005,
     VERSION_2017,
+    VERSION_2025,
+    ExeRtn,
+    Hj212Error,
     Hj212Frame,
     Hj212FrameReader,
     Hj212Packet,
+    QnRtn,
     encode_packet,
+    execution_reply,
     parse_packet,
+    request_reply,
     split_packet,
 )
 from edge.hj212.codes import factor
@@ -62,7 +68,9 @@ class Pollutant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     decimals: int = 2
 
 
-FaultType = Literal["exceedance", "flatline", "flag", "gap", "corrupt"]
+FaultType = Literal["exceedance", "flatline", "flag", "gap", "corrupt", "drop_hourly"]
+"""``drop_hourly``: the 2061 records of the window are not sent (2011/2051 are); the logger keeps them
+and re-sends them when the platform asks (2061 with BeginTime/EndTime)."""
 
 
 class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -90,7 +98,9 @@ class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mn_prefix: str = "5A12"
     password: str = "123456"
     st: str = "31"
-    version: Literal[2005, 2017] = 2017
+    version: Literal[2005, 2017, 2025] = 2017
+    time_calibration: bool = False
+    """Send a 1013 time calibration request first (the platform answers 9013, then sets the time with 1012)."""
     ack: bool = True
     start: str = "2026-11-26T08:00:00"
     """Simulated start, loggers' local time (ISO 8601 without offset)."""
@@ -105,6 +115,8 @@ class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reference_o2: float = 6.0
     split_max_cp: int = 0
     """Split packets whose CP is longer than this (0: never)."""
+    linger_s: float = 0.0
+    """After the last reply, stay connected until the gateway has been silent this long (to answer its commands)."""
     pollutants: list[Pollutant] = msgspec.field(default_factory=list)
     faults: list[Fault] = msgspec.field(default_factory=list)
 
@@ -168,6 +180,11 @@ class LoggerModel:
         self._noise = dict.fromkeys(self._level, 0.0)
         self._last: dict[str, float] = {}
         self._qn_ms = 0
+        self._sent_s = 0.0
+        self.hourly: dict[str, list[tuple[str, str]]] = {}
+        """Hourly records by DataTime (local ``YYYYMMDDhhmmss``), kept even when not sent (gap, drop_hourly)."""
+        self.clock_set: list[str] = []
+        """SystemTime values the platform set with 1012."""
 
     def _applies(self, fault: Fault) -> bool:
         if fault.devices is not None:
@@ -193,6 +210,8 @@ class LoggerModel:
         # Loggers do not all tick on the same second: offset each one inside its interval.
         offset = self._rng.uniform(0, step)
         t = 0.0
+        if sc.time_calibration:
+            yield self._frame(0.0, "1013", 0.0, [], with_time=False)
         while t < sc.duration_s:
             sample = self._sample(t)
             for code, (value, flag) in sample.items():
@@ -207,8 +226,10 @@ class LoggerModel:
                     yield self._frame(t + offset, "2051", t - minute_s, self._aggregate_cp(minute, minute_s))
                 minute = _Window()
             if t % 3600 == 0:
-                if sc.hourly and not silent:
-                    yield self._frame(t + offset, "2061", t - 3600, self._aggregate_cp(hour, 3600))
+                fields = self._aggregate_cp(hour, 3600)
+                self.hourly[self._local(t - 3600)] = fields
+                if sc.hourly and not silent and self._active("drop_hourly", t - 1) is None:
+                    yield self._frame(t + offset, "2061", t - 3600, fields)
                 hour = _Window()
 
     def _sample(self, t: float) -> dict[str, tuple[float, str]]:
@@ -277,23 +298,28 @@ class LoggerModel:
                            max((f for f in flags if f != "N"), key=lambda f: flags[f])))
         return fields
 
-    def _frame(self, at_s: float, cn: str, data_s: float, fields: list[tuple[str, str]]) -> TimedFrame:
-        sc = self.scenario
-        data_time = self._start + timedelta(seconds=data_s)
+    def _local(self, data_s: float) -> str:
+        return (self._start + timedelta(seconds=data_s)).strftime("%Y%m%d%H%M%S")
+
+    @property
+    def version(self) -> int:
+        """The Flag version bits this logger sends."""
+        return {2005: VERSION_2005, 2017: VERSION_2017, 2025: VERSION_2025}[self.scenario.version]
+
+    def _qn(self, at_s: float) -> str | None:
         sent = self._start + timedelta(seconds=at_s)
         self._qn_ms = (self._qn_ms + 1) % 1000
-        version = VERSION_2017 if sc.version == 2017 else VERSION_2005
-        qn = sent.strftime("%Y%m%d%H%M%S") + f"{self._qn_ms:03d}" if version == VERSION_2017 else None
+        self._sent_s = max(self._sent_s, at_s)
+        return sent.strftime("%Y%m%d%H%M%S") + f"{self._qn_ms:03d}" if self.version != VERSION_2005 else None
+
+    def _frame(self, at_s: float, cn: str, data_s: float, fields: list[tuple[str, str]],
+               with_time: bool = True) -> TimedFrame:
+        sc = self.scenario
+        version = self.version
+        qn = self._qn(at_s)
         # One item per pollutant, as the standard's examples group them.
-        items: list[tuple[tuple[str, str], ...]] = [(("DataTime", data_time.strftime("%Y%m%d%H%M%S")),)]
-        current: list[tuple[str, str]] = []
-        for name, value in fields:
-            if current and current[0][0].split("-")[0] != name.split("-")[0]:
-                items.append(tuple(current))
-                current = []
-            current.append((name, value))
-        if current:
-            items.append(tuple(current))
+        items: list[tuple[tuple[str, str], ...]] = [(("DataTime", self._local(data_s)),)] if with_time else []
+        items += _items(fields)
         flag = (version << 2) | (FLAG_ACK if sc.ack else 0)
         packet = Hj212Packet(st=sc.st, cn=cn, mn=self.mn, flag=flag, qn=qn, pw=sc.password, cp=tuple(items))
         parts = split_packet(packet, sc.split_max_cp) if sc.split_max_cp else [packet]
@@ -304,6 +330,50 @@ class LoggerModel:
             data = data[:pos] + bytes([data[pos] ^ 0x20 or 0x41]) + data[pos + 1:]
             return TimedFrame(at_s, cn, data, corrupted=True)
         return TimedFrame(at_s, cn, data)
+
+    def answer(self, command: Hj212Packet) -> list[bytes]:
+        """The logger's frames in answer to a platform command (Appendix C tables C.3 and C.21).
+
+        1012 sets the clock (9011, 9012); 2061 with BeginTime/EndTime re-sends the kept hourly
+        records of that range (9011, one 2061 per hour without Flag bit A, 9012 - ExeRtn 100 when
+        none is kept); any other request gets 9011 QnRtn=8 (CN error); a wrong PW gets QnRtn=3.
+        """
+        if command.pw != self.scenario.password:
+            return [request_reply(command, QnRtn.PW_ERROR)]
+        if command.cn == "1012":
+            system_time = command.get("SystemTime")
+            if system_time is None:
+                return [request_reply(command, QnRtn.REFUSED)]
+            self.clock_set.append(system_time)
+            return [request_reply(command, QnRtn.READY), execution_reply(command, ExeRtn.SUCCESS)]
+        if command.cn == "2061":
+            begin, end = command.get("BeginTime"), command.get("EndTime")
+            if begin is None or end is None:
+                return [request_reply(command, QnRtn.REFUSED)]
+            hours = [t for t in sorted(self.hourly) if begin <= t <= end]
+            frames = [request_reply(command, QnRtn.READY)]
+            for data_time in hours:
+                items = [(("DataTime", data_time),), *_items(self.hourly[data_time])]
+                packet = Hj212Packet(st=self.scenario.st, cn="2061", mn=self.mn, flag=self.version << 2,
+                                     qn=self._qn(self._sent_s), pw=self.scenario.password, cp=tuple(items))
+                frames.append(encode_packet(packet))
+            frames.append(execution_reply(command, ExeRtn.SUCCESS if hours else ExeRtn.NO_DATA))
+            return frames
+        return [request_reply(command, QnRtn.CN_ERROR)]
+
+
+def _items(fields: list[tuple[str, str]]) -> list[tuple[tuple[str, str], ...]]:
+    """Fields grouped into one CP item per pollutant code."""
+    items: list[tuple[tuple[str, str], ...]] = []
+    current: list[tuple[str, str]] = []
+    for name, value in fields:
+        if current and current[0][0].split("-")[0] != name.split("-")[0]:
+            items.append(tuple(current))
+            current = []
+        current.append((name, value))
+    if current:
+        items.append(tuple(current))
+    return items
 
 
 # ---------------------------------------------------------------------------- TCP runner
@@ -319,16 +389,34 @@ class FleetStats:
     replies: Counter[str] = field(default_factory=Counter)
     by_command: Counter[str] = field(default_factory=Counter)
     disconnects: int = 0
+    platform_commands: Counter[str] = field(default_factory=Counter)
+    """Requests the platform sent (1012, 2061, ...), answered by the loggers."""
+    answers: Counter[str] = field(default_factory=Counter)
+    """Frames sent in answer to them, by CN (9011, 9012, re-sent 2061)."""
 
 
-async def _read_replies(reader: asyncio.StreamReader, stats: FleetStats, heard: list[int]) -> None:
+async def _read_replies(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: LoggerModel,
+                        stats: FleetStats, heard: list[float]) -> None:
     frames = Hj212FrameReader()
     while data := await reader.read(4096):
         for result in frames.feed(data):
-            if isinstance(result, Hj212Frame):
-                with contextlib.suppress(Exception):
-                    stats.replies[parse_packet(result.segment).cn] += 1
-                    heard[0] += 1
+            if not isinstance(result, Hj212Frame):
+                continue
+            try:
+                packet = parse_packet(result.segment)
+            except Hj212Error:
+                continue
+            heard[1] = time.monotonic()
+            if packet.cn.startswith("9"):
+                stats.replies[packet.cn] += 1
+                heard[0] += 1
+                continue
+            # A platform request: answer it as a logger does (9011, data, 9012).
+            stats.platform_commands[packet.cn] += 1
+            for answer in model.answer(packet):
+                stats.answers[parse_packet(answer[6:-6].decode()).cn] += 1
+                writer.write(answer)
+            await writer.drain()
 
 
 async def _run_logger(model: LoggerModel, host: str, port: int, stats: FleetStats, wall_start: float,
@@ -346,9 +434,9 @@ async def _run_logger(model: LoggerModel, host: str, port: int, stats: FleetStat
         stats.connect_failures += 1
         return
     stats.connected += 1
-    heard = [0]
+    heard = [0, time.monotonic()]  # replies heard, when the gateway last sent anything
     expected = 0
-    replies = asyncio.create_task(_read_replies(reader, stats, heard))
+    replies = asyncio.create_task(_read_replies(reader, writer, model, stats, heard))
     try:
         for frame in model.frames():
             if speed > 0:
@@ -363,10 +451,12 @@ async def _run_logger(model: LoggerModel, host: str, port: int, stats: FleetStat
                 expected += frame.data.count(b"\r\n##") + 1
             await writer.drain()
         # Wait for the gateway's answers (bounded: stop once it has been quiet for 5 s).
-        last, quiet_since = -1, time.monotonic()
+        last, quiet_since = -1.0, time.monotonic()
         while heard[0] < expected and time.monotonic() - quiet_since < 5.0:
             if heard[0] != last:
                 last, quiet_since = heard[0], time.monotonic()
+            await asyncio.sleep(0.05)
+        while time.monotonic() - heard[1] < model.scenario.linger_s:
             await asyncio.sleep(0.05)
         if hold is not None:
             await hold.wait()

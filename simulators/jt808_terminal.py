@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,7 +28,8 @@ from typing import Literal
 import msgspec
 import yaml
 
-from edge.jt808.codec import FrameSplitter, Jt808DecodeError, ProtocolVersion, decode_frame, encode_frame
+from edge.jt808.codec import FrameSplitter, Jt808DecodeError, Jt808Frame, ProtocolVersion, decode_frame, encode_frame
+from edge.jt808.commands import build_params_reply
 from edge.jt808.messages import (
     AuthRequest,
     BatchKind,
@@ -247,6 +248,19 @@ class TerminalPlan:
         """The id the gateway will publish under."""
         return self.phone.lstrip("0")
 
+    @property
+    def registration(self) -> RegisterRequest:
+        """The 0x0100 fields this terminal sends (the device registry must hold the same, see ``registry_entry``)."""
+        return RegisterRequest(33, 100, "VIGIL", "SIM-808", f"T{self.index:06d}"[-7:], 2,
+                               f"{self.fleet.plate_prefix}{self.index:05d}")
+
+    def registry_entry(self) -> dict[str, object]:
+        """This terminal as a device-registry entry (``devices:`` item) with its ``jt808`` identity."""
+        r = self.registration
+        return {"id": self.device_id, "kind": "vehicle", "name": r.plate,
+                "jt808": {"manufacturer": r.manufacturer, "model": r.model, "terminal_id": r.terminal_id,
+                          "plate_colour": r.plate_color, "plate": r.plate}}
+
 
 @dataclass(frozen=True, slots=True)
 class Tick:
@@ -369,13 +383,22 @@ class SimulatorStats:
     replies: Counter[str] = field(default_factory=Counter)
     bad_replies: int = 0
     open_connections: int = 0
+    registration_refused: int = 0
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly figures."""
         return {"connected": self.connected, "authenticated": self.authenticated,
                 "connect_failures": self.connect_failures, "disconnects": self.disconnects,
                 "sent": dict(self.sent), "replies": dict(self.replies), "bad_replies": self.bad_replies,
-                "open_connections": self.open_connections}
+                "open_connections": self.open_connections, "registration_refused": self.registration_refused}
+
+
+_COMMANDS = frozenset({0x8103, 0x8104, 0x8106, 0x8203, 0x8300})
+"""Platform commands the simulated terminal answers."""
+SIMULATED_PARAMS: dict[str, float | int] = {"heartbeat_interval_s": 30, "max_speed_kmh": 100, "overspeed_duration_s": 10,
+                                            "continuous_driving_limit_s": 14_400, "daily_driving_limit_s": 28_800,
+                                            "min_rest_s": 1_200}
+"""What a simulated terminal reports for 0x8104 (a typical factory setting: 100 km/h, 4 h / 20 min)."""
 
 
 class _TerminalProtocol(asyncio.Protocol):
@@ -385,6 +408,7 @@ class _TerminalProtocol(asyncio.Protocol):
         self.waiters: dict[int, asyncio.Future[bytes]] = {}
         """Reply message id -> future of its body (register and authenticate wait on replies)."""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_command: Callable[[Jt808Frame], None] | None = None
 
     def data_received(self, data: bytes) -> None:
         for item in self.splitter.feed(data):
@@ -408,6 +432,8 @@ class _TerminalProtocol(asyncio.Protocol):
             else:
                 self.stats.replies[f"0x{msg_id:04x}"] += 1
                 key = msg_id
+                if msg_id in _COMMANDS and self.on_command is not None:
+                    self.on_command(frame)  # the platform's command: answer it as a terminal does
             waiter = self.waiters.pop(key, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(frame.body)
@@ -423,12 +449,26 @@ class _TerminalProtocol(asyncio.Protocol):
 class SimulatedTerminal:
     """One terminal's TCP conversation: register, authenticate, report, reconnect."""
 
-    def __init__(self, terminal: TerminalPlan, host: str, port: int, stats: SimulatorStats) -> None:
+    def __init__(self, terminal: TerminalPlan, host: str, port: int, stats: SimulatorStats,
+                 auth_codes: dict[str, str] | None = None) -> None:
         self.plan, self.host, self.port, self.stats = terminal, host, port, stats
         self.serial = 0
-        self.auth_code: str | None = None
+        # A real terminal keeps its auth code in flash: the platform refuses a second registration.
+        self.auth_codes = auth_codes if auth_codes is not None else {}
         self.transport: asyncio.Transport | None = None
         self.protocol: _TerminalProtocol | None = None
+
+    @property
+    def auth_code(self) -> str | None:
+        """The auth code the platform gave this terminal, if it registered."""
+        return self.auth_codes.get(self.plan.phone)
+
+    @auth_code.setter
+    def auth_code(self, code: str | None) -> None:
+        if code is None:
+            self.auth_codes.pop(self.plan.phone, None)
+        else:
+            self.auth_codes[self.plan.phone] = code
 
     def send(self, msg_id: int, body: bytes = b"", name: str = "") -> None:
         """Send one message (dropped silently when not connected, as a terminal's modem would)."""
@@ -437,6 +477,15 @@ class SimulatedTerminal:
         self.serial = (self.serial + 1) & 0xFFFF
         self.transport.write(encode_frame(msg_id, self.plan.phone, self.serial, body, version=self.plan.version))
         self.stats.sent[name or f"0x{msg_id:04x}"] += 1
+
+    def _answer_command(self, frame: Jt808Frame) -> None:
+        """0x0104 with the terminal's parameters to a query; 0x0001 "done" to text, alarm confirmation, settings."""
+        h = frame.header
+        if h.msg_id in (0x8104, 0x8106):
+            self.send(0x0104, build_params_reply(h.serial, SIMULATED_PARAMS), "params_reply")
+        else:
+            self.send(MsgId.TERMINAL_GENERAL_REPLY, h.serial.to_bytes(2, "big") + h.msg_id.to_bytes(2, "big") + b"\x00",
+                      "command_reply")
 
     async def _request(self, msg_id: int, body: bytes, reply_key: int, timeout: float = 10.0) -> bytes:
         assert self.protocol is not None
@@ -455,19 +504,20 @@ class SimulatedTerminal:
                 transport, protocol = await loop.create_connection(lambda: _TerminalProtocol(self.stats),
                                                                    self.host, self.port)
                 self.transport, self.protocol = transport, protocol
+                protocol.on_command = self._answer_command
                 self.stats.connected += 1
                 self.stats.open_connections += 1
-                if self.auth_code is None:
-                    req = RegisterRequest(33, 100, "VIGIL", "SIM-808", f"T{self.plan.index:06d}"[-7:], 2,
-                                          f"{self.plan.fleet.plate_prefix}{self.plan.index:05d}")
+                code = self.auth_code
+                if code is None:
                     reply = parse_register_reply(await self._request(
-                        MsgId.REGISTER, build_register(req, self.plan.version), MsgId.REGISTER_REPLY))
+                        MsgId.REGISTER, build_register(self.plan.registration, self.plan.version), MsgId.REGISTER_REPLY))
                     if reply.result != 0:
                         log.warning("terminal %s: registration refused (%d)", self.plan.phone, reply.result)
+                        self.stats.registration_refused += 1
                         self.close()
                         return False
-                    self.auth_code = reply.auth_code
-                auth = AuthRequest(self.auth_code, f"86{self.plan.index:013d}", "sim-1.0")
+                    self.auth_code = code = reply.auth_code
+                auth = AuthRequest(code, f"86{self.plan.index:013d}", "sim-1.0")
                 result = parse_general_reply(await self._request(
                     MsgId.AUTHENTICATE, build_auth(auth, self.plan.version), 0x10000 | MsgId.AUTHENTICATE))
                 if result.result != 0:
@@ -497,9 +547,9 @@ class SimulatedTerminal:
 
 
 async def run_terminal(scenario: Scenario, terminal: TerminalPlan, host: str, port: int, stats: SimulatorStats,
-                       wall_start: float, hold_s: float = 0.0) -> None:
+                       wall_start: float, hold_s: float = 0.0, auth_codes: dict[str, str] | None = None) -> None:
     """Play one terminal's ticks in (scaled) real time; then hold the connection with heartbeats."""
-    sim = SimulatedTerminal(terminal, host, port, stats)
+    sim = SimulatedTerminal(terminal, host, port, stats, auth_codes)
     loop = asyncio.get_running_loop()
     await asyncio.sleep(max(0.0, wall_start + terminal.index / scenario.ramp_per_s - loop.time()))
     if not await sim.connect():
@@ -536,13 +586,18 @@ async def run_terminal(scenario: Scenario, terminal: TerminalPlan, host: str, po
 
 
 async def run_scenario(scenario: Scenario, host: str, port: int, *, hold_s: float = 0.0,
-                       stats: SimulatorStats | None = None) -> SimulatorStats:
-    """Play every terminal of a scenario against a gateway; return the figures."""
+                       stats: SimulatorStats | None = None, auth_codes: dict[str, str] | None = None) -> SimulatorStats:
+    """Play every terminal of a scenario against a gateway; return the figures.
+
+    ``auth_codes`` (phone -> code) is the terminals' memory of their registrations: pass the same
+    dict to a later run against the same gateway, which refuses to register a terminal twice.
+    """
     stats = stats or SimulatorStats()
+    codes = auth_codes if auth_codes is not None else {}
     wall_start = asyncio.get_running_loop().time() + 0.05
     async with asyncio.TaskGroup() as tg:
         for terminal in plan(scenario):
-            tg.create_task(run_terminal(scenario, terminal, host, port, stats, wall_start, hold_s),
+            tg.create_task(run_terminal(scenario, terminal, host, port, stats, wall_start, hold_s, codes),
                            name=f"jt808-terminal-{terminal.phone}")
     return stats
 
@@ -556,6 +611,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, help="simulated seconds per wall second")
     p.add_argument("--duration-min", type=float, help="override the simulated duration")
     p.add_argument("--hold", type=float, default=0.0, metavar="S", help="keep connections open S seconds at the end")
+    p.add_argument("--auth-codes", metavar="FILE", help="JSON file keeping the terminals' auth codes between runs "
+                   "(the gateway refuses to register a terminal twice)")
+    p.add_argument("--print-registry", action="store_true",
+                   help="print the scenario's terminals as device-registry YAML (with their jt808 identity) and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -564,12 +623,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ScenarioError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.print_registry:
+        print(yaml.safe_dump({"devices": [t.registry_entry() for t in plan(scenario)]}, allow_unicode=True,
+                             sort_keys=False), end="")
+        return 0
     host, _, port = args.gateway.rpartition(":")
+    codes = _CodeFile(Path(args.auth_codes)) if args.auth_codes else {}
     started = time.monotonic()
-    stats = asyncio.run(run_scenario(scenario, host or "127.0.0.1", int(port), hold_s=args.hold))
+    stats = asyncio.run(run_scenario(scenario, host or "127.0.0.1", int(port), hold_s=args.hold, auth_codes=codes))
     print(json.dumps({"scenario": scenario.name, "seconds": round(time.monotonic() - started, 1),
                       **stats.as_dict()}, ensure_ascii=False))
     return 0
+
+
+class _CodeFile(dict[str, str]):
+    """Auth codes (phone -> code) written through to a JSON file, so a killed simulator keeps them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict):
+            super().update({str(k): str(v) for k, v in data.items()})
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        self._save()
+
+    def pop(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        """Remove a code (the platform no longer accepts it) and save."""
+        value = super().pop(key, default)
+        self._save()
+        return value
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(self.path)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,15 @@ class InfluxV1Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     password: str = ""
     create_database: bool = True
     """Send ``CREATE DATABASE`` at start (idempotent; needs admin rights when auth is on)."""
+    read_username: str = ""
+    """The user the console's history reads with: give it ``GRANT READ ON <database>`` only. Required when
+    ``username`` is set (an authenticated server); without it the console shows only its in-memory history."""
+    read_password: str = ""
 
     def __repr__(self) -> str:
         return (f"InfluxV1Config(url={self.url!r}, database={self.database!r}, "
-                f"retention_policy={self.retention_policy!r}, username={self.username!r}, password='***')")
+                f"retention_policy={self.retention_policy!r}, username={self.username!r}, password='***', "
+                f"read_username={self.read_username!r}, read_password='***')")
 
 
 class InfluxV2Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -72,6 +77,9 @@ class OutboxConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ack (power-loss safe, but 0.15-4 ms per handler call on this machine's disk), ``off`` leaves it to the OS."""
     fsync_interval_s: float = 0.1
     overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    min_free_bytes: int = 64 << 20
+    """Disk space the outbox leaves free for the rest of the platform (alerting's database, the rules
+    journal), so the platform can still raise its own "disk full" alert; 0 turns the guard off."""
 
 
 class StorageConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

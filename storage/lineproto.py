@@ -199,6 +199,8 @@ class LineEncoder:
             t = type(value)
             if t is float and name not in ints and math.isfinite(value):  # type: ignore[arg-type]
                 parts.append(f"{key}={value!r}")
+            elif t is int and name in ints and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+                parts.append(f"{key}={value}i")
             elif t is str and len(value) <= MAX_STRING_CHARS:  # type: ignore[arg-type]
                 parts.append(f'{key}="{value.translate(_STRING_ESC)}"')  # type: ignore[union-attr]
             elif t is bool:

@@ -15,6 +15,12 @@ Durability (``fsync``): ``batch`` fdatasyncs after every append (survives power 
 per handler call here), ``interval`` leaves it to ``sync()`` called every ``fsync_interval_s``
 (survives a process crash at once, power loss up to the interval), ``off`` never syncs.
 
+Disk full: a write the disk refuses (or a short write) is cut off again (``ftruncate`` to the
+last whole frame, so no torn frame is left in the middle of a segment) and raised as
+``OutboxError``; the caller must not acknowledge what it could not append. ``min_free_bytes``
+keeps the last bytes of the disk for the rest of the platform (alerting's database, the rules
+journal): an append that would leave less free is refused the same way.
+
 Bound: at most ``max_bytes`` of segments. When full, ``drop_oldest`` deletes the oldest segment
 (the oldest unsent points) and ``drop_newest`` refuses the new frame; both count the lines
 lost in ``counters["dropped"]`` and log a warning. Nothing is dropped silently.
@@ -23,6 +29,7 @@ lost in ``counters["dropped"]`` and log a warning. Nothing is dropped silently.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import struct
@@ -103,7 +110,8 @@ class Outbox:
     """Append-only, size-bounded, crash-safe queue of line-protocol lines on disk."""
 
     def __init__(self, directory: Path, *, max_bytes: int = 1 << 30, segment_bytes: int = 16 << 20,
-                 fsync: FsyncPolicy = "batch", overflow: OverflowPolicy = "drop_oldest") -> None:
+                 fsync: FsyncPolicy = "batch", overflow: OverflowPolicy = "drop_oldest",
+                 min_free_bytes: int = 0) -> None:
         if segment_bytes <= 0 or max_bytes < 2 * segment_bytes:
             raise ValueError("outbox max_bytes must be at least twice segment_bytes")
         self.directory = directory
@@ -111,10 +119,14 @@ class Outbox:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.overflow = overflow
+        self.min_free_bytes = min_free_bytes
         self.counters: dict[str, int] = {
             "appended": 0, "committed": 0, "dropped": 0, "overflows": 0, "torn_bytes": 0, "corrupt_bytes": 0,
-            "fsyncs": 0,
+            "fsyncs": 0, "write_errors": 0, "committed_write_errors": 0,
         }
+        self.last_error: str | None = None
+        self._free_checked = 0.0
+        self._free = -1
         self._segments: list[_Segment] = []
         self._fd: int | None = None
         self._committed = Position(0, 0)
@@ -215,28 +227,63 @@ class Outbox:
         frame = encode_frame(payload, lines)
         if len(frame) > MAX_FRAME:
             raise OutboxError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME}")
-        if self._total_bytes + len(frame) > self.max_bytes and not self._make_room(len(frame), lines):
-            return False
-        head = self._segments[-1]
-        if head.size and head.size + len(frame) > self.segment_bytes:
-            self._rotate()
-            head = self._segments[-1]
-        assert self._fd is not None
         try:
-            os.write(self._fd, frame)
-            if self.fsync == "batch":
-                os.fdatasync(self._fd)
-                self.counters["fsyncs"] += 1
-            else:
-                self._dirty = True
+            if self._total_bytes + len(frame) > self.max_bytes and not self._make_room(len(frame), lines):
+                return False
+            self._check_free(len(frame))
+            if self._fd is None:  # a rotation failed half-way (disk full): open the next segment now
+                self._start_segment(self._segments[-1].number + 1)
+            head = self._segments[-1]
+            if head.size and head.size + len(frame) > self.segment_bytes:
+                self._rotate()
+                head = self._segments[-1]
+            assert self._fd is not None
+            try:
+                written = os.write(self._fd, frame)
+                if written != len(frame):
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(frame)} bytes)")
+                if self.fsync == "batch":
+                    os.fdatasync(self._fd)
+                    self.counters["fsyncs"] += 1
+                else:
+                    self._dirty = True
+            except OSError:
+                # Cut what part of the frame reached the file: a torn frame mid-segment would
+                # hide every later frame from the reader.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, head.size)
+                raise
         except OSError as exc:
+            self.counters["write_errors"] += 1
+            self.last_error = str(exc)
+            self._free_checked = 0.0
             raise OutboxError(f"outbox {self.directory}: {exc}") from exc
+        self.last_error = None
         head.size += len(frame)
         head.lines += lines
         self._total_bytes += len(frame)
         self._pending_lines += lines
         self.counters["appended"] += lines
         return True
+
+    def free_bytes(self) -> int:
+        """Free space of the outbox's file system now (bytes available to this process)."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    def _check_free(self, need: int) -> None:
+        if self.min_free_bytes <= 0:
+            return
+        now = time.monotonic()
+        # statvfs costs a few µs: look often only when space is getting short.
+        if self._free < 0 or self._free - need < 4 * self.min_free_bytes or now - self._free_checked >= 0.5:
+            self._free = self.free_bytes()
+            self._free_checked = now
+        else:
+            self._free -= need
+        if self._free - need < self.min_free_bytes:
+            raise OSError(errno.ENOSPC, f"disk nearly full: {self._free} bytes free, "
+                                        f"{self.min_free_bytes} kept for the rest of the platform")
 
     def sync_handle(self) -> int | None:
         """A duplicate of the active segment's descriptor to fdatasync in a thread (caller closes it)."""
@@ -300,6 +347,7 @@ class Outbox:
         if self.fsync != "off":
             os.fdatasync(self._fd)
         os.close(self._fd)
+        self._fd = None
         self._dirty = False
         self._start_segment(self._segments[-1].number + 1)
 
@@ -430,7 +478,13 @@ class Outbox:
             return Position(0, 0)
 
     def _write_committed(self) -> None:
-        # Not fsynced: losing it on power loss only resends points, which is idempotent.
+        # Not fsynced: losing it on power loss only resends points, which is idempotent. For the
+        # same reason a failure (disk full) is counted and logged, not raised: the position in
+        # memory is right, and the file catches up at the next commit.
         tmp = self.directory / "committed.tmp"
-        tmp.write_text(f"{self._committed.segment} {self._committed.offset}\n", encoding="ascii")
-        os.replace(tmp, self.directory / "committed")
+        try:
+            tmp.write_text(f"{self._committed.segment} {self._committed.offset}\n", encoding="ascii")
+            os.replace(tmp, self.directory / "committed")
+        except OSError as exc:
+            self.counters["committed_write_errors"] += 1
+            self._warn(f"cannot record the committed position ({exc}); a restart would resend points")

@@ -1,7 +1,10 @@
 """Reading stored points back: InfluxQL over ``/query``, VictoriaMetrics export, SQLite selects.
 
-Small blocking helpers for tests, benchmarks, the demo and operators' scripts; call them from a
-thread inside an event loop.
+Small blocking helpers for the console's history, tests, benchmarks, the demo and operators'
+scripts; call them from a thread inside an event loop. Reads go out as ``GET /query`` (the
+read method of the InfluxDB 1.x API; 1.6 still executes some changing statements sent that way, so
+readers must also use a user with ``GRANT READ`` only); values put into a query go through
+``quote_ident`` and ``quote_literal``.
 """
 
 from __future__ import annotations
@@ -37,15 +40,45 @@ class Series:
         return [dict(zip(self.columns, v, strict=False)) for v in self.values]
 
 
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier (measurement, tag or field key) in double quotes, escaped.
+
+    Raises:
+        ValueError: the name holds control characters (InfluxQL cannot quote them).
+    """
+    if any(ord(c) < 32 for c in name):
+        raise ValueError("identifier holds control characters")
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_literal(value: str) -> str:
+    """An InfluxQL string literal in single quotes, escaped.
+
+    Raises:
+        ValueError: the value holds control characters (InfluxQL strings cannot hold newlines).
+    """
+    if any(ord(c) < 32 for c in value):
+        raise ValueError("string literal holds control characters")
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def influxql(url: str, database: str, query: str, *, username: str = "", password: str = "",
-             timeout: float = 30.0, epoch: str = "ns") -> list[Series]:
+             timeout: float = 30.0, epoch: str = "ns", method: str = "GET") -> list[Series]:
     """Run InfluxQL statements on an InfluxDB 1.x ``/query`` endpoint and return every series.
+
+    ``method="GET"`` (the default) is for reads; pass ``"POST"`` for statements that change the server
+    (CREATE, DROP, ...). GET is not a guarantee on InfluxDB 1.6: read with a read-only user.
 
     Raises:
         QueryError: HTTP or statement error.
     """
+    if method not in ("GET", "POST"):
+        raise ValueError("method is GET or POST")
     params = urllib.parse.urlencode({"db": database, "q": query, "epoch": epoch})
-    req = urllib.request.Request(f"{url.rstrip('/')}/query", data=params.encode(), method="POST")
+    if method == "GET":
+        req = urllib.request.Request(f"{url.rstrip('/')}/query?{params}", method="GET")
+    else:
+        req = urllib.request.Request(f"{url.rstrip('/')}/query", data=params.encode(), method="POST")
     if username:
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         req.add_header("Authorization", f"Basic {token}")
@@ -68,7 +101,8 @@ def influxql(url: str, database: str, query: str, *, username: str = "", passwor
 def influx_count(url: str, database: str, measurement: str, field: str, where: str = "", **kw: Any) -> int:
     """``SELECT count(field) FROM measurement [WHERE ...]``: the number of points with that field."""
     clause = f" WHERE {where}" if where else ""
-    series = influxql(url, database, f'SELECT count("{field}") FROM "{measurement}"{clause}', **kw)
+    series = influxql(url, database, f"SELECT count({quote_ident(field)}) FROM {quote_ident(measurement)}{clause}",
+                      **kw)
     return int(series[0].values[0][1]) if series and series[0].values else 0
 
 

@@ -27,7 +27,7 @@ from broker.contracts import (
     make_dead_letter,
 )
 from broker.ingest import DeviceIngest
-from broker.mqtt import Message, MqttClient
+from broker.mqtt import Message, MqttClient, NotDurable
 from broker.registry import DeviceRegistry
 from storage.backends import BackendError, StorageBackend, create_backend
 from storage.config import StorageConfig
@@ -58,12 +58,12 @@ class StorageService:
         self.encoder = LineEncoder()
         oc = config.outbox
         self.outbox = Outbox(state_dir / "outbox", max_bytes=oc.max_bytes, segment_bytes=oc.segment_bytes,
-                             fsync=oc.fsync, overflow=oc.overflow)
+                             fsync=oc.fsync, overflow=oc.overflow, min_free_bytes=oc.min_free_bytes)
         self.backend = backend if backend is not None else create_backend(config, state_dir)
         self.drainer = OutboxDrainer(self.outbox, self.backend, config.writer, on_refused=self._on_refused)
         self.counters: dict[str, int] = {
             "telemetry": 0, "events": 0, "status": 0, "alerts": 0, "dead_letters": 0, "undecodable": 0,
-            "not_stored": 0, "lost_disk_error": 0,
+            "not_stored": 0, "not_durable_batches": 0, "not_durable_retries": 0,
         }
         self._sites: dict[str, str | None] = {}
         self._opened = False
@@ -142,6 +142,8 @@ class StorageService:
         out.update({f"writer_{k}": float(v) for k, v in self.drainer.counters.items()})
         out["outbox_pending_lines"] = float(self.outbox.pending_lines)
         out["outbox_pending_bytes"] = float(self.outbox.pending_bytes)
+        out["outbox_max_bytes"] = float(self.outbox.max_bytes)
+        out["outbox_failing"] = 1.0 if self.outbox.last_error else 0.0
         out["fields_skipped"] = float(sum(self.encoder.skipped.values()))
         since = self.drainer.unavailable_since
         out["backend_unavailable_s"] = time.monotonic() - since if since is not None else 0.0
@@ -207,15 +209,25 @@ class StorageService:
     def _append(self, lines: list[str]) -> None:
         if not lines:
             return
+        payload = "\n".join(lines).encode("utf-8")
         try:
-            if not self.outbox.append(lines):
-                return  # refused by the drop_newest overflow policy (counted and logged there)
+            self._append_payload(payload, len(lines))
+        except NotDurable:
+            self.counters["not_durable_batches"] += 1
+            raise
+
+    def _append_payload(self, payload: bytes, count: int) -> None:
+        """Append or raise ``NotDurable`` (the MQTT client then holds the batch and retries this)."""
+        try:
+            appended = self.outbox.append_payload(payload, count)
         except OutboxError as exc:
-            # The MQTT client acknowledges even after a failed handler, so these are lost: say so.
-            self.counters["lost_disk_error"] += len(lines)
-            log.error("storage: cannot append %d lines to the outbox: %s", len(lines), exc)
-            return
-        self.drainer.notify()
+            raise NotDurable(f"storage outbox: {exc}", lambda: self._retry_append(payload, count)) from exc
+        if appended:  # else refused by the drop_newest overflow policy (counted and logged there)
+            self.drainer.notify()
+
+    def _retry_append(self, payload: bytes, count: int) -> None:
+        self.counters["not_durable_retries"] += 1
+        self._append_payload(payload, count)
 
     def _site(self, device_id: str, payload: object) -> str | None:
         site = getattr(payload, "site", None)

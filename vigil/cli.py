@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.mosquitto import BrokerLayout
+    from broker.registry import DeviceRegistry
+    from vigil.config import VigilConfig
 
 
 def _setup_logging(level: str) -> None:
@@ -35,6 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
         registry = DeviceRegistry.load(cfg.registry) if cfg.registry else DeviceRegistry({}, {}, {})
+        _check_emission_standards(cfg, registry)
     except (ConfigError, RegistryError) as exc:
         print(f"vigil: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -52,6 +60,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _check_emission_standards(cfg: VigilConfig, registry: DeviceRegistry) -> None:
+    """With the emission pack loaded, every registered stack must declare a usable standard (docs/emission.md)."""
+    from broker.registry import RegistryError
+    from rules.emission_limits import check_registry
+
+    if "rules" in cfg.services and "emission" in cfg.rules.packs:
+        problems = check_registry(registry)
+        if problems:
+            raise RegistryError("emission devices without a usable standard:\n  " + "\n  ".join(problems))
+
+
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from broker.registry import DeviceRegistry, RegistryError
     from vigil.config import ConfigError, load_config
@@ -59,7 +78,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
         if cfg.registry:
-            DeviceRegistry.load(cfg.registry)
+            _check_emission_standards(cfg, DeviceRegistry.load(cfg.registry))
     except (ConfigError, RegistryError) as exc:
         print(f"vigil: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -82,7 +101,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from broker.mosquitto import BrokerLayout, MosquittoProcess, TlsListener, write_broker_files
+    from broker.mosquitto import MosquittoProcess, write_broker_files
     from broker.registry import DeviceRegistry, RegistryError
     from vigil.config import ConfigError, load_config
 
@@ -95,20 +114,19 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     except (ConfigError, RegistryError) as exc:
         print(f"vigil: configuration error: {exc}", file=sys.stderr)
         return 2
+    try:
+        layout = broker_layout(cfg, Path(args.config))
+    except ConfigError as exc:
+        print(f"vigil: configuration error: {exc}", file=sys.stderr)
+        return 2
     b = cfg.broker
-    tls = None
-    if b.tls_port is not None:
-        if not (b.tls_certfile and b.tls_keyfile):
-            print("vigil: configuration error: broker.tls_port needs tls_certfile and tls_keyfile", file=sys.stderr)
-            return 2
-        tls = TlsListener(b.tls_port, b.tls_certfile, b.tls_keyfile, b.tls_cafile, b.listen_host)
-    data_dir = Path(b.data_dir)
-    if not data_dir.is_absolute():
-        data_dir = Path(args.config).parent / data_dir
-    layout = BrokerLayout(data_dir=data_dir.resolve(), port=b.port, host=b.listen_host, tls=tls)
+    tls = layout.tls
+    if os.geteuid() == 0:
+        print("vigil: warning: running Mosquitto as root; run `vigil broker` as an unprivileged user "
+              "(the container image does)", file=sys.stderr)
     if args.write_only:
         conf = write_broker_files(layout, registry)
-        print(f"wrote {conf}, {conf.parent / 'passwd'}, {conf.parent / 'acl'}")
+        print(f"wrote {conf}, {conf.parent / 'passwd-*'}, {conf.parent / 'acl'}")
         return 0
     proc = MosquittoProcess(layout, registry)
     stopping = False
@@ -134,7 +152,9 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 1
-    print(f"mosquitto listening on mqtt://{b.listen_host}:{b.port} ({len(registry.devices)} devices, "
+    field = f"mqtts://{b.listen_host}:{b.tls_port}" if tls is not None else f"mqtt://{b.listen_host}:{b.port}"
+    print(f"mosquitto listening: devices and gateways {field}, observers port {b.observer_port}, platform "
+          f"{b.platform_host or b.listen_host}:{b.platform_port} ({len(registry.devices)} devices, "
           f"{len(registry.services)} service accounts); SIGHUP reloads the registry", flush=True)
     try:
         while not stopping and proc.proc is not None and proc.proc.poll() is None:
@@ -142,6 +162,30 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     finally:
         proc.stop()
     return 0
+
+
+def broker_layout(cfg: VigilConfig, config_path: Path) -> BrokerLayout:
+    """Mosquitto's listeners and files as the ``broker:`` section of a configuration describes them.
+
+    Raises:
+        ConfigError: TLS is asked for without its certificate and key.
+    """
+    from broker.mosquitto import BrokerLayout, TlsListener
+    from vigil.config import ConfigError
+
+    b = cfg.broker
+    tls = None
+    if b.tls_port is not None:
+        if not (b.tls_certfile and b.tls_keyfile):
+            raise ConfigError("broker.tls_port needs tls_certfile and tls_keyfile")
+        tls = TlsListener(b.tls_port, b.tls_certfile, b.tls_keyfile, b.tls_cafile, b.listen_host)
+    data_dir = Path(b.data_dir)
+    if not data_dir.is_absolute():
+        data_dir = config_path.parent / data_dir
+    return BrokerLayout(data_dir=data_dir.resolve(), port=b.port, host=b.listen_host, tls=tls,
+                        observer_port=b.observer_port, platform_port=b.platform_port, platform_host=b.platform_host,
+                        password_iterations=b.password_iterations,
+                        device_password_iterations=b.device_password_iterations)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--config", required=True, metavar="FILE")
     broker.add_argument("--write-only", action="store_true", help="write conf, passwd and acl, then exit")
     broker.set_defaults(func=_cmd_broker)
+
+    status = sub.add_parser("status", help="health of a running node (its /health endpoint, else stats.json)")
+    status.add_argument("--config", metavar="FILE", help="the node's configuration (finds its health endpoint)")
+    status.add_argument("--url", help="health endpoint base URL, e.g. http://127.0.0.1:9464")
+    status.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    status.set_defaults(func=lambda a: __import__("vigil.health", fromlist=["status_main"]).status_main(
+        a.config, a.url, a.json))
+
+    dog = sub.add_parser("watchdog", help="receive nodes' dead-man heartbeats; announce silence and failure")
+    dog.add_argument("--listen", default="127.0.0.1:9099", metavar="HOST:PORT")
+    dog.add_argument("--expect", action="append", default=[], metavar="NODE",
+                     help="a node that must ping (repeatable); others are watched from their first ping")
+    dog.add_argument("--timeout", type=float, default=90.0, help="seconds of silence before announcing")
+    dog.add_argument("--notify", action="append", default=[], metavar="APPRISE_URL",
+                     help="where to announce (repeatable); URLs with tokens: use --notify-env")
+    dog.add_argument("--notify-env", action="append", default=[], metavar="VAR",
+                     help="an environment variable holding an Apprise URL (keeps tokens out of the process list)")
+    dog.set_defaults(func=lambda a: __import__("vigil.watchdog", fromlist=["watchdog_main"]).watchdog_main(
+        a.listen, a.expect, a.timeout, a.notify, a.notify_env))
 
     _add_optional_groups(sub)
     return parser

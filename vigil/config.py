@@ -10,15 +10,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
 
-from alerting.config import AlertingConfig
+from alerting.config import AlertingConfig, AlertingConfigError, check_tokens
 from console.config import ConsoleConfig
 from rules.config import RulesConfig
 from storage.config import StorageConfig
+from vigil.health import HealthConfig
 
 ServiceName = Literal["rules", "alerting", "storage", "console"]
 
@@ -36,6 +37,12 @@ class MqttSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Persistent-session client id; defaults to ``vigil-{node}``. Keep it stable across restarts."""
     ca_file: str | None = None
     max_pending: int = 2000
+    alarm_lane: bool = True
+    """Receive device events and status on a second session (``{client_id}-alarm``), so an alarm never
+    waits behind queued telemetry (docs/architecture.md, Scaling)."""
+    partition: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,3}/[0-9]{1,3}$")] | None = None
+    """``"i/n"``: this process handles only the devices whose id hashes to partition i of n (n processes
+    split the fleet; run alerting in one of them). Each partition needs its own ``client_id``."""
 
 
 class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -43,11 +50,25 @@ class BrokerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     listen_host: str = "127.0.0.1"
     port: int = 1883
+    """Devices' and gateways' plaintext listener; not opened when ``tls_port`` is set."""
     data_dir: str = "var/mosquitto"
     tls_port: int | None = None
+    """Devices' and gateways' TLS listener; when set, the field and observer listeners are TLS only."""
     tls_certfile: str | None = None
     tls_keyfile: str | None = None
     tls_cafile: str | None = None
+    observer_port: int = 1885
+    """Read-only (observer, operator) accounts: QoS 0, client id = user name."""
+    platform_port: int = 1884
+    """Platform accounts (stable client ids of persistent sessions); keep it off public networks."""
+    platform_host: str | None = None
+    """Address of the platform listener (default: ``listen_host``)."""
+    password_iterations: int = 100_000
+    """PBKDF2 iterations of the password hashes Vigil writes (~0.09 s of broker CPU per login)."""
+    device_password_iterations: int | None = 10_000
+    """For device accounts (``null``: ``password_iterations``). Device secrets are machine-generated, so
+    iterations add little there, while a broker restart makes every device log in again: 10,000
+    keeps 10,000 reconnecting devices to about 1.6 min of broker CPU instead of 14 (docs/security.md)."""
 
 
 class VigilConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -66,6 +87,8 @@ class VigilConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     alerting: AlertingConfig = AlertingConfig()
     storage: StorageConfig = StorageConfig()
     console: ConsoleConfig = ConsoleConfig()
+    health: HealthConfig = HealthConfig()
+    """Self-monitoring: checks, own alerts, /metrics and /health, dead-man heartbeat (vigil.health)."""
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -112,9 +135,33 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
         raise ConfigError(f"{source}: {exc}") from None
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    try:
+        check_tokens(cfg.alerting, "alerting")
+    except AlertingConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    _check_console_exposure(cfg, source)
+    if cfg.mqtt.partition is not None:
+        index, count = (int(x) for x in cfg.mqtt.partition.split("/"))
+        if not 0 <= index < count:
+            raise ConfigError(f"{source}: mqtt.partition {cfg.mqtt.partition!r}: need i/n with 0 <= i < n")
     if base_dir is not None:
         cfg = _resolve_paths(cfg, base_dir)
     return cfg
+
+
+def _check_console_exposure(cfg: VigilConfig, source: str) -> None:
+    """A console reachable beyond this machine must be served over HTTPS with ``Secure`` cookies.
+
+    Raises:
+        ConfigError: the console listens on a non-loopback address without ``secure_cookies``.
+    """
+    if "console" not in cfg.services or cfg.console.secure_cookies:
+        return
+    host = cfg.console.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(f"{source}: console.listen {cfg.console.listen!r} is reachable from the network: serve the "
+                          "console behind HTTPS and set console.secure_cookies: true (session cookies must not "
+                          "travel in clear)")
 
 
 def load_config(path: str | Path) -> VigilConfig:

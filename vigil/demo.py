@@ -14,17 +14,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import sys
 import time
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from alerting.access import token_problem
 from alerting.inbox import NotificationInbox, Received
+from broker.contracts import Kind
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port, mosquitto_binary
 from broker.registry import Device, DeviceRegistry, ServiceAccount, Site
 from vigil.config import MqttSettings, VigilConfig
@@ -93,25 +98,51 @@ def demo_registry(elevators: int, secrets_file: Path) -> tuple[DeviceRegistry, d
     stored: dict[str, str] = {}
     if secrets_file.exists():
         stored = json.loads(secrets_file.read_text(encoding="utf-8"))
-    names = ["vigil-platform", "vigil-simulator", "control-room", "console-admin", "console-operator"]
+    names = ["vigil-platform", "vigil-gw-hj212", "vigil-gw-jt808", "vigil-gw-modbus",
+             "control-room", "console-admin", "console-operator"]
+    # Each simulated elevator's agent logs in as its own device account, as a box in the field does.
+    names += [f"elev-{i + 1:05d}" for i in range(elevators)]
     for name in names:
         stored.setdefault(name, secrets.token_urlsafe(12))
+    for name in ("console-admin", "console-operator"):
+        # Console logins are API bearer tokens, which must be long and random (alerting.access.token_problem).
+        if token_problem(stored[name]) is not None:
+            stored[name] = secrets.token_urlsafe(32)
     secrets_file.write_text(json.dumps(stored, indent=2), encoding="utf-8")
     secrets_file.chmod(0o600)
     services = [
         ServiceAccount(name="vigil-platform", role="platform", password=stored["vigil-platform"]),
-        ServiceAccount(name="vigil-simulator", role="gateway", password=stored["vigil-simulator"]),
+        # One account per connecting program: the broker binds client id to account (docs/security.md).
+        ServiceAccount(name="vigil-gw-hj212", role="gateway", kinds=[Kind.EMISSION], password=stored["vigil-gw-hj212"]),
+        ServiceAccount(name="vigil-gw-jt808", role="gateway", kinds=[Kind.VEHICLE], password=stored["vigil-gw-jt808"]),
+        ServiceAccount(name="vigil-gw-modbus", role="gateway", kinds=[Kind.SENSOR], password=stored["vigil-gw-modbus"]),
         ServiceAccount(name="control-room", role="observer", password=stored["control-room"]),
     ]
     devices = []
     for i in range(elevators):
         site = DEMO_SITES[i % len(DEMO_SITES)]
         devices.append(Device(
-            id=f"elev-{i + 1:05d}", kind="elevator", site=site.id,  # type: ignore[arg-type]
+            id=f"elev-{i + 1:05d}", kind=Kind.ELEVATOR, site=site.id, password=stored[f"elev-{i + 1:05d}"],
             name=f"{site.name} {i // len(DEMO_SITES) + 1}号梯",
             attributes={"rated_speed_mps": 1.75, "floors": 18, "floor_height_m": 3.0},
         ))
-    return DeviceRegistry.build(DEMO_SITES, devices, services, "<demo>"), stored
+    park_site, park_devices = demo_park_devices()
+    devices += park_devices
+    return DeviceRegistry.build([*DEMO_SITES, park_site], devices, services, "<demo>"), stored
+
+
+def demo_park_devices() -> tuple[Site, list[Device]]:
+    """The simulated chemical park's site and devices (kind sensor), read by the Modbus gateway."""
+    from simulators.chemical_park import ChemicalPark, load_scenario
+
+    park = ChemicalPark(load_scenario("demo"))
+    sc = park.scenario
+    site = Site(id=sc.site, name=sc.site_name, industry="safety", unit="应急管理局", lat=sc.lat, lon=sc.lon)
+    devices = [msgspec.convert(d, Device) for d in park.registry_devices()]
+    # The demo's bypass is approved for 6 minutes, so its overdue alert shows within one park cycle.
+    devices = [msgspec.structs.replace(d, attributes={**d.attributes, "bypass_max_h": 0.1}) if d.id == "sis-01"
+               else d for d in devices]
+    return site, devices
 
 
 class DemoBroker:
@@ -166,9 +197,9 @@ async def run_demo(opts: DemoOptions) -> int:
         stack.push_async_callback(broker.stop)
 
         def url(user: str) -> str:
-            if not broker.secured:
+            if broker.mosquitto is None:
                 return f"mqtt://127.0.0.1:{broker.port}?protocol=3.1.1"
-            return f"mqtt://{user}:{passwords[user]}@127.0.0.1:{broker.port}"
+            return broker.mosquitto.account_url(user, passwords[user])
 
         storage_cfg: dict[str, Any] = {"backend": "sqlite"}
         influx_note = "embedded SQLite store (install Debian's influxdb for InfluxDB)"
@@ -190,7 +221,7 @@ async def run_demo(opts: DemoOptions) -> int:
         platform = build_platform(config, registry)
         platform_task = asyncio.create_task(run_platform(platform, stop), name="platform")
 
-        sims = await start_simulators(url("vigil-simulator"), registry, stop, state)
+        sims = await start_simulators(url, registry, stop, state)
 
         print(banner(url("control-room"), sink, influx_note, opts, platform), file=out, flush=True)
         started = time.monotonic()
@@ -263,15 +294,38 @@ def _importable(module: str) -> bool:
         return False
 
 
-async def start_simulators(url: str, registry: DeviceRegistry, stop: asyncio.Event,
+def without_password(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its password, and the environment that gives the password to a child process.
+
+    A child's command line is readable by every local user (``ps``); its environment is not.
+    """
+    from broker.credentials import MQTT_PASSWORD_ENV
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url, {}
+    user, _, hostport = parts.netloc.rpartition("@")
+    netloc = f"{user.split(':', 1)[0]}@{hostport}"
+    bare = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return bare, {MQTT_PASSWORD_ENV: urllib.parse.unquote(parts.password)}
+
+
+async def start_simulators(url: Callable[[str], str], registry: DeviceRegistry, stop: asyncio.Event,
                            state: Path) -> list[asyncio.Task[Any]]:
     """Start the simulated fleets; each runs until cancelled.
 
-    Elevators publish over MQTT like monitoring boxes; emission data loggers and vehicle
-    terminals speak HJ 212 and JT/T 808 over TCP to the gateways, as field devices do.
+    Elevators are simulated boxes read by real elevator agents in this process; emission data
+    loggers and vehicle terminals speak HJ 212 and JT/T 808 over TCP to the gateways, as field
+    devices do.
+    ``url(account)`` is the broker URL of a registry account; the gateways get theirs without
+    the password, which they read from their environment.
     """
     elevators = [d for d in registry.devices.values() if d.kind == "elevator"]
-    tasks = [asyncio.create_task(elevator_cycles(url, len(elevators)), name="sim-elevators")]
+    tasks = [asyncio.create_task(elevator_agents(url, elevators, state / "edge-elevators"), name="sim-elevators")]
+    hj212_url, hj212_env = without_password(url("vigil-gw-hj212"))
+    jt808_url, jt808_env = without_password(url("vigil-gw-jt808"))
+    modbus_url, modbus_env = without_password(url("vigil-gw-modbus"))
+    envs = {"hj212-gateway": hj212_env, "jt808-gateway": jt808_env, "modbus-gateway": modbus_env}
     import simulators
 
     scenarios = Path(simulators.__file__).resolve().parent / "scenarios"
@@ -279,29 +333,53 @@ async def start_simulators(url: str, registry: DeviceRegistry, stop: asyncio.Eve
     logs.mkdir(exist_ok=True)
     hj212_port, jt808_port = free_port(), free_port()
     programs = [
-        ("hj212-gateway", ["edge", "hj212", "--listen", f"127.0.0.1:{hj212_port}", "--mqtt", url,
+        ("hj212-gateway", ["edge", "hj212", "--listen", f"127.0.0.1:{hj212_port}", "--mqtt", hj212_url,
                            "--accept-unknown-devices"], hj212_port),
-        ("jt808-gateway", ["edge", "jt808", "--listen", f"127.0.0.1:{jt808_port}", "--mqtt", url,
+        ("jt808-gateway", ["edge", "jt808", "--listen", f"127.0.0.1:{jt808_port}", "--mqtt", jt808_url,
                            "--accept-unknown-devices"], jt808_port),
         ("hj212-loggers", ["sim", "hj212", "--scenario", str(scenarios / "hj212_demo.yaml"),
                            "--host", "127.0.0.1", "--port", str(hj212_port)], None),
+        # The terminals keep their auth codes in a file, as real ones keep them in flash: the
+        # gateway refuses a second registration, so a restarted simulator must not need one.
         ("jt808-terminals", ["sim", "jt808", str(scenarios / "jt808_coach_night.yaml"),
-                             "--gateway", f"127.0.0.1:{jt808_port}"], None),
+                             "--gateway", f"127.0.0.1:{jt808_port}",
+                             "--auth-codes", str(state / "jt808-auth-codes.json")], None),
     ]
+    programs += park_programs(state, modbus_url)
     for name, argv, port in programs:
-        tasks.append(asyncio.create_task(supervised_program(name, argv, logs / f"{name}.log", port),
+        tasks.append(asyncio.create_task(supervised_program(name, argv, logs / f"{name}.log", port, envs.get(name)),
                                          name=f"sim-{name}"))
         if port is not None:
             await asyncio.sleep(0)
     return tasks
 
 
-async def supervised_program(name: str, argv: list[str], log_path: Path, port: int | None) -> None:
+def park_programs(state: Path, modbus_url: str) -> list[tuple[str, list[str], int | None]]:
+    """The chemical park behind its Modbus TCP servers, and the Modbus gateway polling it."""
+    import yaml
+
+    from simulators.chemical_park import CONTROLLERS, ChemicalPark, load_scenario
+
+    ports = {c: free_port() for c in CONTROLLERS}
+    tagmap = state / "park-tags.yaml"
+    data = ChemicalPark(load_scenario("demo")).tag_map("127.0.0.1", ports, gateway="vigil-gw-modbus")
+    tagmap.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return [
+        ("chemical-park", ["sim", "chemical-park", "--scenario", "demo", "--loop",
+                           "--ports", ",".join(str(ports[c]) for c in CONTROLLERS)], None),
+        ("modbus-gateway", ["edge", "modbus", "--tags", str(tagmap), "--mqtt", modbus_url,
+                            "--data-dir", str(state / "edge-modbus")], None),
+    ]
+
+
+async def supervised_program(name: str, argv: list[str], log_path: Path, port: int | None,
+                             env: dict[str, str] | None = None) -> None:
     """Run one ``vigil`` subcommand as a child process until cancelled, restarting it if it exits."""
     while True:
         with log_path.open("ab") as log_file:
             proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "vigil.cli", *argv,
-                                                        stdout=log_file, stderr=log_file)
+                                                        stdout=log_file, stderr=log_file,
+                                                        env={**os.environ, **(env or {})})
             try:
                 rc = await proc.wait()
             except asyncio.CancelledError:
@@ -317,15 +395,41 @@ async def supervised_program(name: str, argv: list[str], log_path: Path, port: i
         await asyncio.sleep(5)
 
 
-async def elevator_cycles(url: str, count: int, cycle_s: float = 120.0) -> None:
-    """Simulated elevators in cycles of ``cycle_s``, each cycle with a fresh set of injected faults."""
-    from simulators.elevator_fleet import run_fleet
+async def elevator_agents(url: Callable[[str], str], elevators: list[Device], data_dir: Path,
+                          cycle_s: float = 120.0) -> None:
+    """The demo's elevators, until cancelled: simulated boxes read by the real edge agents.
 
-    cycle = 0
-    while True:
-        await run_fleet(url, count, 1.0, cycle_s, fault_fraction=0.5, seed=cycle, detect=True,
-                        id_prefix="elev-", connections=1)
-        cycle += 1
+    Each elevator gets what a box in the field gets: an ``ElevatorAgent`` with its
+    ``ElevatorMonitor`` and a store-and-forward ``EdgeLink`` (outbox in ``data_dir/{id}``,
+    logged in as the device's own account), all on this event loop. The simulator only moves
+    cars; every ``cycle_s`` it arms a fresh set of faults in half of them.
+    """
+    from edge.elevator.agent import ElevatorAgent
+    from edge.elevator.cli import open_agent, run_agents
+    from edge.runtime import EdgeLinkError
+    from simulators.elevator import ElevatorSpec
+    from simulators.elevator_fleet import SimulatedBoxFleet
+
+    if not elevators:
+        return
+    attrs = elevators[0].attributes
+    spec = ElevatorSpec(floors=int(attrs.get("floors", 12)), floor_height_m=float(attrs.get("floor_height_m", 3.0)),
+                        rated_speed_mps=float(attrs.get("rated_speed_mps", 1.75)))
+    fleet = SimulatedBoxFleet([d.id for d in elevators], spec=spec, seed=0, fault_fraction=0.5, cycle_s=cycle_s)
+    agents: list[ElevatorAgent] = []
+    try:
+        for d in elevators:
+            # One reading a second, each published (an interval under the period, or timer jitter would
+            # skip every other one): the demo's telemetry cadence, and cheap beside the platform.
+            agents.append(open_agent(d.id, fleet.boxes[d.id], fleet.boxes[d.id].geometry, url(d.id),
+                                     data_dir / d.id, site=d.site, sample_hz=1.0, telemetry_interval_s=0.5))
+    except (EdgeLinkError, ValueError) as exc:  # e.g. another demo runs on the same state folder
+        log.error("demo: cannot start the elevator agents: %s", exc)
+        await asyncio.gather(*(a.link.stop(0) for a in agents), return_exceptions=True)
+        return
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(run_agents(agents), name="elevator-agents")
+        tg.create_task(fleet.run_cycles(), name="elevator-fault-cycles")
 
 
 def banner(observer_url: str, sink: NotificationSink, influx_note: str, opts: DemoOptions,
@@ -337,8 +441,10 @@ def banner(observer_url: str, sink: NotificationSink, influx_note: str, opts: De
         f"  broker (control-room, read-only): {observer_url}",
         f"    follow alerts:   mosquitto_sub -L '{observer_url}/vigil/v1/alerts/#' -v",
         f"  notifications:     {sink.log_path} (also printed below)",
-        f"  field devices:     {len(platform.registry.devices)} elevators over MQTT; 5 HJ 212 stacks and 8 JT/T 808 "
-        f"coaches over TCP through the gateways (logs in {opts.state_dir}/logs)",
+        f"  field devices:     {sum(1 for d in platform.registry.devices.values() if d.kind == 'elevator')} elevators "
+        f"through edge agents (outboxes in {opts.state_dir}/edge-elevators); 5 HJ 212 stacks and 8 JT/T 808 "
+        f"coaches over TCP through the gateways; a chemical park "
+        f"(gas detectors, tanks, SIS, explosives store) over Modbus TCP (logs in {opts.state_dir}/logs)",
         f"  storage:           {influx_note}",
     ]
     lines.append(f"  alerting API:      http://127.0.0.1:{opts.api_port}/api/openapi.json  (bearer tokens in "

@@ -13,16 +13,21 @@ from typing import Any
 EDGE_AGENTS: dict[str, tuple[str, str]] = {
     "hj212": ("edge.hj212.__main__", "HJ 212 gateway: TCP server for emission data loggers"),
     "jt808": ("edge.jt808.gateway", "JT/T 808 gateway: TCP server for vehicle terminals"),
+    "jt809": ("edge.jt809.gateway", "JT/T 809 gateway: superior platform receiving lower platforms' vehicles"),
     "elevator": ("edge.elevator.cli", "elevator monitor: a monitoring box's signals to events"),
     "camera": ("edge.camera_agent", "camera agent: OpenCV analytics with evidence snapshots"),
+    "modbus": ("edge.modbus.cli", "Modbus TCP gateway: gas detectors, PLC/DCS/SIS gateways, tank gauges"),
 }
 
 
 SIMULATORS: dict[str, tuple[str, str]] = {
     "elevator-fleet": ("simulators.elevator_fleet", "simulated elevators publishing over MQTT, with faults"),
+    "elevator-box": ("simulators.elevator_box", "the elevator edge agent reading a simulated monitoring box"),
     "hj212": ("simulators.hj212_logger", "simulated HJ 212 data loggers (TCP clients of the gateway)"),
     "jt808": ("simulators.jt808_terminal", "simulated JT/T 808 vehicle terminals (TCP clients of the gateway)"),
+    "jt809": ("simulators.jt809_platform", "simulated JT/T 809 lower platform (main link, sub link, outages)"),
     "camera-scenes": ("simulators.camera_scenes", "render synthetic camera scenes with ground truth"),
+    "chemical-park": ("simulators.chemical_park", "simulated chemical park behind real Modbus TCP servers"),
 }
 
 

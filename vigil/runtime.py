@@ -1,10 +1,11 @@
-"""Runs the platform stages a configuration names, in one process, over one MQTT session.
+"""Runs the platform stages a configuration names, in one process, over one MQTT session per lane.
 
 Stages are looked up by name in ``STAGES`` (a registry of factories), each built with the
 shared runtime objects (MQTT client, device ingest, registry, state folder) and run in one
 TaskGroup with named tasks. A process that runs several stages decodes each device message
-once (``DeviceIngest``); a deployment can instead run each stage in its own process with its
-own ``node`` name, or several instances of one stage behind MQTT 5 shared subscriptions.
+once (``DeviceIngest``). Device events and status come in on a second session (the alarm lane),
+so they never wait behind telemetry. A deployment can instead run each stage in its own process
+with its own ``node`` name, or split the fleet over N processes by device (``mqtt.partition``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import json
 import logging
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from broker.ingest import DeviceIngest
+from broker.ingest import DeviceIngest, RegisteredDevices
 from broker.mqtt import MqttClient
 from broker.registry import DeviceRegistry
 from vigil.config import VigilConfig
@@ -71,6 +72,8 @@ class LoopMonitor:
     def __init__(self, period_s: float = 0.01) -> None:
         self.period_s = period_s
         self.lags_ms: list[float] = []
+        self.recent: deque[float] = deque(maxlen=max(10, int(10.0 / period_s)))
+        """The last ~10 s of lags, for the health model (not reset by ``stats``)."""
         self.lag_max_ms = 0.0
         self.gc_pauses = Counter[int]()
         self.gc_max_ms = [0.0, 0.0, 0.0]
@@ -98,15 +101,24 @@ class LoopMonitor:
                 await asyncio.sleep(self.period_s)
                 lag = (time.perf_counter() - t - self.period_s) * 1000
                 self.lags_ms.append(lag)
+                self.recent.append(lag)
                 if lag > self.lag_max_ms:
                     self.lag_max_ms = lag
         finally:
             with contextlib.suppress(ValueError):
                 gc.callbacks.remove(self._on_gc)
 
-    def stats(self) -> dict[str, float]:
-        """Lag percentiles since the last call, worst lag and GC figures since start."""
-        lags, self.lags_ms = sorted(self.lags_ms), []
+    def recent_lag_ms(self) -> float:
+        """The 99th percentile of the last ~10 s of lags (0 before any sample)."""
+        lags = sorted(self.recent)
+        return lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
+
+    def stats(self, peek: bool = False) -> dict[str, float]:
+        """Lag percentiles since the last call (``peek``: the last ~10 s, nothing reset), worst lag, GC figures."""
+        if peek:
+            lags = sorted(self.recent)
+        else:
+            lags, self.lags_ms = sorted(self.lags_ms), []
         out = {"lag_ms_max": round(self.lag_max_ms, 1), "gc_pauses_over_10ms": float(self.gc_slow)}
         if lags:
             out["lag_ms_p50"] = round(lags[len(lags) // 2], 2)
@@ -127,18 +139,43 @@ class Platform:
     ingest: DeviceIngest
     stages: dict[str, Stage]
 
+    alarm_mqtt: MqttClient | None = None
+    """The alarm lane's client (events and status), when enabled."""
     monitor: LoopMonitor = field(default_factory=LoopMonitor)
+    counters: dict[str, int] = field(default_factory=lambda: {"stats_writes": 0, "stats_write_errors": 0})
+    health: Any = None
+    """The node's ``vigil.health.HealthMonitor`` once running (None when health is disabled)."""
 
-    def stats(self) -> dict[str, Any]:
-        """Counters of the client, the ingest and every stage, and the event loop's health."""
+    def clients(self) -> list[MqttClient]:
+        """Every MQTT client of the node (the telemetry session first)."""
+        return [self.mqtt] + ([self.alarm_mqtt] if self.alarm_mqtt is not None else [])
+
+    def stats(self, peek: bool = False) -> dict[str, Any]:
+        """Counters of the client, the ingest and every stage, and the event loop's health.
+
+        ``peek`` (the HTTP endpoints) leaves the loop monitor's per-interval figures to stats.json.
+        """
+        mqtt_stats: dict[str, Any] = dict(self.mqtt.counters)
+        mqtt_stats["connected"] = self.mqtt.connected
+        stalled = self.mqtt.stalled_since
+        mqtt_stats["stalled_s"] = time.monotonic() - stalled if stalled is not None else 0.0
         out: dict[str, Any] = {
-            "loop": self.monitor.stats(),
-            "mqtt": dict(self.mqtt.counters),
-            "ingest": {"accepted": self.ingest.accepted,
+            "loop": self.monitor.stats(peek=peek),
+            "platform": dict(self.counters),
+            "mqtt": mqtt_stats,
+            "ingest": {"accepted": self.ingest.accepted, "other_partition": self.ingest.other_partition,
                        "rejected": {k.value: v for k, v in self.ingest.rejected.items()}},
         }
+        if self.alarm_mqtt is not None:
+            alarm: dict[str, Any] = dict(self.alarm_mqtt.counters)
+            alarm["connected"] = self.alarm_mqtt.connected
+            stalled = self.alarm_mqtt.stalled_since
+            alarm["stalled_s"] = time.monotonic() - stalled if stalled is not None else 0.0
+            out["mqtt_alarm"] = alarm
         for name, stage in self.stages.items():
             out[name] = stage.stats()
+        if self.health is not None:
+            out["health"] = dict(self.health.counters)
         return out
 
 
@@ -148,12 +185,24 @@ def build_platform(config: VigilConfig, registry: DeviceRegistry, *, extra: dict
     state.mkdir(parents=True, exist_ok=True)
     client_id = config.mqtt.client_id or f"vigil-{config.node}"
     mqtt = MqttClient(config.mqtt.url, client_id, ca_file=config.mqtt.ca_file, max_pending=config.mqtt.max_pending)
-    ingest = DeviceIngest(mqtt, stage=config.node)
+    # Events and status get their own session and read loop: an alarm must not wait behind a
+    # telemetry backlog (measured: p99 3.4 s behind 5,000 msg/s of telemetry, docs/benchmarks.md).
+    alarm = (MqttClient(config.mqtt.url, f"{client_id}-alarm", ca_file=config.mqtt.ca_file,
+                        max_pending=config.mqtt.max_pending) if config.mqtt.alarm_lane else None)
+    # With a registry file, only its devices are heard (a stolen gateway account cannot invent
+    # devices; re-read when the file changes); without one (demo, commissioning) every well-formed
+    # device id is accepted.
+    known = RegisteredDevices(config.registry, registry.devices) if config.registry else None
+    ingest = DeviceIngest(mqtt, stage=config.node, known_device=known, alarm_mqtt=alarm,
+                          partition=parse_partition(config.mqtt.partition))
     stages: dict[str, Stage] = {}
     for name in sorted(config.services, key=lambda n: n == "console"):  # console needs its peers
         spec = STAGES[name]
         cls = getattr(importlib.import_module(spec.module), spec.cls)
-        kwargs: dict[str, Any] = {"mqtt": mqtt, "ingest": ingest, "registry": registry, "state_dir": state / name}
+        # Alerting listens on the alarm lane too: transitions from rules in other processes (partitions)
+        # must not queue behind this process's telemetry either.
+        client = alarm if name == "alerting" and alarm is not None else mqtt
+        kwargs: dict[str, Any] = {"mqtt": client, "ingest": ingest, "registry": registry, "state_dir": state / name}
         if name == "console":
             # The console works on the alerting stage of its own process (see docs/console.md).
             kwargs["peers"] = dict(stages)
@@ -167,7 +216,22 @@ def build_platform(config: VigilConfig, registry: DeviceRegistry, *, extra: dict
     if rules is not None and alerting is not None:
         # Same process: transitions go straight to alerting (their MQTT echo is skipped there).
         rules.add_local_consumer(alerting.on_local_transitions)  # type: ignore[attr-defined]
-    return Platform(config, registry, mqtt, ingest, stages)
+    return Platform(config, registry, mqtt, ingest, stages, alarm_mqtt=alarm)
+
+
+def parse_partition(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> (i, n); None for no partitioning.
+
+    Raises:
+        ValueError: not ``i/n`` with 0 <= i < n.
+    """
+    if not text:
+        return None
+    index, _, count = text.partition("/")
+    i, n = int(index), int(count)
+    if not 0 <= i < n:
+        raise ValueError(f"mqtt.partition {text!r}: need i/n with 0 <= i < n")
+    return i, n
 
 
 def freeze_startup_heap() -> None:
@@ -195,20 +259,40 @@ async def write_stats_periodically(platform: Platform, path: Path, interval: flo
         try:
             tmp.write_text(json.dumps({"ts": time.time(), **platform.stats()}, default=str, indent=1))
             tmp.replace(path)
+            platform.counters["stats_writes"] += 1
         except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
+            # A full disk must not stop the node; the figures stay readable on /metrics and /health.
+            platform.counters["stats_write_errors"] += 1
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if platform.counters["stats_write_errors"] % 30 == 1:
+                log.warning("cannot write %s (%d failures so far; /metrics and /health still serve the figures): "
+                            "%s", path, platform.counters["stats_write_errors"], exc)
 
 
 async def run_platform(platform: Platform, stop: asyncio.Event,
                        on_started: Callable[[Platform], None] | None = None) -> None:
     """Connect, run every stage until ``stop`` is set, then shut down in order."""
-    await platform.mqtt.start()
+    if platform.alarm_mqtt is not None:
+        # The alarm lane first: once the telemetry session is up (what callers wait for), both are.
+        await platform.alarm_mqtt.start()
+    try:
+        await platform.mqtt.start()
+    except BaseException:
+        if platform.alarm_mqtt is not None:
+            await platform.alarm_mqtt.stop()
+        raise
     stats_path = Path(platform.config.state_dir) / platform.config.node / "stats.json"
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(stage.run(), name=f"stage-{name}") for name, stage in platform.stages.items()]
             tasks.append(tg.create_task(write_stats_periodically(platform, stats_path), name="stats"))
             tasks.append(tg.create_task(platform.monitor.run(), name="loop-monitor"))
+            if platform.config.health.enabled:
+                from vigil.health import HealthMonitor
+
+                platform.health = HealthMonitor(platform, platform.config.health)
+                tasks.append(tg.create_task(platform.health.run(), name="health"))
             if on_started is not None:
                 on_started(platform)
             waiter: asyncio.Task[Any] = tg.create_task(stop.wait(), name="stop-waiter")
@@ -221,6 +305,8 @@ async def run_platform(platform: Platform, stop: asyncio.Event,
             for other in [waiter, *tasks]:
                 other.cancel()
     finally:
+        if platform.alarm_mqtt is not None:
+            await platform.alarm_mqtt.stop()
         await platform.mqtt.stop()
 
 

@@ -14,7 +14,7 @@ from edge.camera.analytics import (
     LoiteringDetector,
     moving_pixels,
 )
-from edge.camera.config import CameraSettings
+from edge.camera.config import CameraSettings, IntrusionSettings, ZoneConfig
 from edge.camera.events import CameraEvent, EventSeries
 from edge.camera.health import HealthMonitor, VideoLossDetector
 from edge.camera.motion import Gray, MotionDetector, MotionResult
@@ -38,6 +38,23 @@ def downscale_gray(frame: Frame, scale: FrameScale) -> Gray:
     return cv2.resize(gray, scale.analysis_size, interpolation=cv2.INTER_AREA)
 
 
+WHOLE_FRAME_ZONE = "frame"
+"""Name of the zone a camera gets when it has neither zones nor lines configured."""
+
+
+def _zones_or_whole_frame(settings: CameraSettings, source_size: tuple[int, int]) -> list[ZoneConfig]:
+    """The configured zones; with none (and no tripwires), the whole frame is one around-the-clock intrusion zone.
+
+    A camera started with nothing but ``--source`` then reports someone walking in, instead of
+    only its health; the rules decide when such motion matters (after hours, restricted areas).
+    """
+    if settings.zones or settings.lines:
+        return list(settings.zones)
+    w, h = float(source_size[0]), float(source_size[1])
+    return [ZoneConfig(name=WHOLE_FRAME_ZONE, polygon=[(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)],
+                       intrusion=IntrusionSettings())]
+
+
 class CameraAnalyzer:
     """Runs motion, tracking, zone analytics and health for one camera on analysed frames."""
 
@@ -46,7 +63,7 @@ class CameraAnalyzer:
         self.settings = settings
         self.scale = FrameScale.for_height(source_size[0], source_size[1], settings.analysis_height)
         keep = analysis_mask(self.scale, settings.masks)
-        self.zones = [Zone.build(z, self.scale, keep) for z in settings.zones]
+        self.zones = [Zone.build(z, self.scale, keep) for z in _zones_or_whole_frame(settings, source_size)]
         self.motion = MotionDetector(settings.motion, self.scale, keep, settings.analysis_fps)
         self.tracker = CentroidTracker(settings.tracker, source_size)
         self.health = HealthMonitor(camera_id, settings.health)

@@ -42,6 +42,14 @@ class DetectorThresholds(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     safety_circuit_s: float = 0.5
     floor_lost_s: float = 2.0
     power_lost_s: float = 0.0
+    alarm_button_s: float = 0.5
+    """The alarm button held this long is a call for help (a brush against it is not)."""
+    alarm_button_off_s: float = 10.0
+    ucm_distance_m: float = 0.3
+    """Car movement away from where its door opened beyond this is unintended movement (UCM; the
+    unlocking zone of GB/T 7588.1 is at most ±0.35 m around a landing)."""
+    door_lock_bypass_s: float = 2.0
+    """Door reported open while the safety circuit (with the door locks in it) reads closed this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,11 @@ class Detector:
         """End any active event (mode change) and forget partial timings."""
         return []
 
+    def resume(self, event_type: str, data: dict[str, Any]) -> bool:
+        """Take over an event a previous agent process left open (its start's ``data``): it ends by this
+        detector's own end logic. False: this detector cannot (the monitor then ends it at once)."""
+        return False
+
 
 _NOT_NORMAL = frozenset({"inspection", "out_of_service"})
 
@@ -131,6 +144,10 @@ class _Simple(Detector):
             return [EventChange(self.event_types[0], "end", now, self.severity, "suppressed by service mode",
                                 None, {"reason": "mode"})]
         return []
+
+    def resume(self, event_type: str, data: dict[str, Any]) -> bool:
+        self._hold.active = True
+        return True
 
 
 class TrappedPassengerDetector(Detector):
@@ -178,6 +195,11 @@ class TrappedPassengerDetector(Detector):
                             f"{s.occupancy} passenger(s) trapped {self._where.replace('_', ' ')}", float(s.occupancy),
                             {"where": self._where, "floor": s.floor, "position_m": round(s.position_m, 3),
                              "occupancy": s.occupancy})]
+
+    def resume(self, event_type: str, data: dict[str, Any]) -> bool:
+        # Ends as it would have: the car empties or its door opens.
+        self._active, self._where = True, str(data.get("where", ""))
+        return True
 
     def suppress(self, now: float) -> list[EventChange]:
         self._stopped_since, self._after_run, self._door_opened = None, False, False
@@ -236,6 +258,14 @@ class DoorFaultDetector(Detector):
             out.append(EventChange("door_fail_close", "end", now, Severity.WARNING, "door closed", None,
                                    {"floor": s.floor}))
         return out
+
+    def resume(self, event_type: str, data: dict[str, Any]) -> bool:
+        if event_type == "door_fail_open":
+            # The run before the arrival was seen by the previous process: the door still owes it an opening.
+            self._open_hold.active, self._after_run = True, True
+        else:
+            self._close_active = True
+        return True
 
     def suppress(self, now: float) -> list[EventChange]:
         out = []
@@ -314,6 +344,10 @@ class OverspeedDetector(Detector):
                                 {"speed_mps": round(s.speed_mps, 3), "rated_mps": self._rated})]
         return []
 
+    def resume(self, event_type: str, data: dict[str, Any]) -> bool:
+        self._hold.active = True
+        return True
+
 
 class OvertravelDetector(Detector):
     """The car beyond the top landing (冲顶) or below the bottom landing (蹲底) by more than a margin."""
@@ -336,6 +370,10 @@ class OvertravelDetector(Detector):
                                        s.position_m, {"position_m": round(s.position_m, 3), "limit_m": limit}))
         return out
 
+    def resume(self, event_type: str, data: dict[str, Any]) -> bool:
+        self._active[event_type] = True
+        return True
+
 
 class PowerLossDetector(_Simple):
     """Main power lost (the box reports from its battery, or not at all)."""
@@ -353,14 +391,21 @@ class PowerLossDetector(_Simple):
 
 
 class SafetyCircuitDetector(_Simple):
-    """The safety circuit is open (a contact in the chain is broken)."""
+    """The safety circuit is open (a contact in the chain is broken).
+
+    Where the circuit carries the door locks, an open door opens it by design: only an open
+    circuit with the door closed is a fault there.
+    """
 
     event_types = ("safety_circuit_open",)
 
-    def __init__(self, t: DetectorThresholds) -> None:
+    def __init__(self, t: DetectorThresholds, door_locks_in_circuit: bool = False) -> None:
         super().__init__(t.safety_circuit_s)
+        self._locks_in_circuit = door_locks_in_circuit
 
     def condition(self, s: ElevatorSignals) -> bool:
+        if self._locks_in_circuit and s.door != "closed":
+            return False
         return not s.safety_circuit_ok
 
     def describe(self, s: ElevatorSignals) -> tuple[str, float | None, dict[str, Any]]:
@@ -380,10 +425,96 @@ class FloorPositionLostDetector(_Simple):
         return s.floor is None
 
 
+class AlarmButtonDetector(_Simple):
+    """Someone in the car holds the alarm (emergency call) button."""
+
+    event_types = ("alarm_button",)
+    suppressed_in = frozenset({"inspection"})  # technicians test the button during inspection
+
+    def __init__(self, t: DetectorThresholds) -> None:
+        super().__init__(t.alarm_button_s, t.alarm_button_off_s)
+
+    def condition(self, s: ElevatorSignals) -> bool:
+        return s.alarm_button
+
+    def describe(self, s: ElevatorSignals) -> tuple[str, float | None, dict[str, Any]]:
+        return "alarm button pressed", None, {"floor": s.floor, "occupancy": s.occupancy, "door_zone": s.door_zone}
+
+
+class UnintendedMovementDetector(Detector):
+    """Unintended car movement (UCM): the car moves away from the landing where its door opened, door not closed.
+
+    Anchored on the position where the door left ``closed``, so slow creeping (a slipping brake)
+    is caught as well as a fast run; releveling inside the unlocking zone stays below the distance.
+    Never suppressed: it is the hazard the UCMP protection exists for.
+    """
+
+    event_types = ("unintended_movement",)
+
+    def __init__(self, t: DetectorThresholds) -> None:
+        self._t = t
+        self._anchor: float | None = None
+        self._active = False
+
+    def update(self, s: ElevatorSignals, now: float) -> list[EventChange]:
+        if s.door == "closed":
+            self._anchor = None
+            if self._active and s.speed_mps < self._t.stopped_speed_mps:
+                self._active = False
+                return [EventChange("unintended_movement", "end", now, Severity.CRITICAL,
+                                    "door closed and car stopped", s.position_m,
+                                    {"position_m": round(s.position_m, 3)})]
+            return []
+        if self._anchor is None:
+            self._anchor = s.position_m
+            return []
+        moved = abs(s.position_m - self._anchor)
+        if not self._active and moved > self._t.ucm_distance_m:
+            self._active = True
+            return [EventChange("unintended_movement", "start", now, Severity.CRITICAL,
+                                f"car moved {moved:.2f} m with the door {s.door}", moved,
+                                {"moved_m": round(moved, 3), "door": s.door, "floor": s.floor,
+                                 "from_m": round(self._anchor, 3), "position_m": round(s.position_m, 3)})]
+        return []
+
+    def suppress(self, now: float) -> list[EventChange]:
+        return []
+
+    def resume(self, event_type: str, data: dict[str, Any]) -> bool:
+        self._active = True  # ends when the door is closed and the car stopped
+        return True
+
+
+class DoorLockBypassDetector(_Simple):
+    """Door reported open while the safety circuit, which carries the door locks, reads closed: bridged locks."""
+
+    event_types = ("door_lock_bypass_suspected",)
+    severity = Severity.CRITICAL
+    suppressed_in = frozenset({"inspection"})  # maintenance may bridge contacts under its own procedure
+
+    def __init__(self, t: DetectorThresholds) -> None:
+        super().__init__(t.door_lock_bypass_s, 5.0)
+
+    def condition(self, s: ElevatorSignals) -> bool:
+        return s.door == "open" and s.safety_circuit_ok
+
+    def describe(self, s: ElevatorSignals) -> tuple[str, float | None, dict[str, Any]]:
+        return "door open while the safety circuit reads closed", None, {"floor": s.floor, "door": s.door}
+
+
 def default_detectors(g: ElevatorGeometry, t: DetectorThresholds) -> list[Detector]:
-    """One of each detector, in the order their events are reported."""
-    return [
-        TrappedPassengerDetector(t), MovingWithDoorOpenDetector(t), OverspeedDetector(g, t),
-        OvertravelDetector(g, t), StoppedOutsideDoorZoneDetector(t), PowerLossDetector(t),
-        SafetyCircuitDetector(t), DoorFaultDetector(t), FloorPositionLostDetector(t),
+    """One of each detector, in the order their events are reported.
+
+    The door-lock bypass detector runs only where the box's safety circuit includes the door locks
+    (``ElevatorGeometry.door_locks_in_safety_circuit``); elsewhere an open door with a closed
+    circuit is normal wiring, not evidence.
+    """
+    detectors: list[Detector] = [
+        TrappedPassengerDetector(t), MovingWithDoorOpenDetector(t), UnintendedMovementDetector(t),
+        OverspeedDetector(g, t), OvertravelDetector(g, t), StoppedOutsideDoorZoneDetector(t), PowerLossDetector(t),
+        SafetyCircuitDetector(t, g.door_locks_in_safety_circuit), DoorFaultDetector(t), FloorPositionLostDetector(t),
+        AlarmButtonDetector(t),
     ]
+    if g.door_locks_in_safety_circuit:
+        detectors.append(DoorLockBypassDetector(t))
+    return detectors

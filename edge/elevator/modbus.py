@@ -14,7 +14,7 @@ Reference layout (offsets from ``start``; one register = 16 bits, big-endian):
 | 2 | speed | uint16, mm/s |
 | 3 | direction | 0 stopped, 1 up, 2 down |
 | 4 | door | 0 closed, 1 opening, 2 open, 3 closing |
-| 5 | flags | bit 0 door zone, bit 1 safety circuit closed, bit 2 floor valid |
+| 5 | flags | bit 0 door zone, bit 1 safety circuit closed, bit 2 floor valid, bit 3 alarm button pressed |
 | 6 | floor | int16 |
 | 7 | occupancy | uint16, persons |
 | 8 | load | uint16, kg |
@@ -87,7 +87,7 @@ def decode_registers(regs: Sequence[int], m: ModbusRegisterMap) -> ElevatorSigna
         door=_code(DOOR_CODES, regs[m.door], "door"), door_zone=bool(flags & 1),
         floor=floor if flags & 4 else None, occupancy=regs[m.occupancy], load_kg=float(regs[m.load_kg]),
         power=_code(POWER_CODES, regs[m.power], "power"), mode=_code(MODE_CODES, regs[m.mode], "mode"),
-        safety_circuit_ok=bool(flags & 2),
+        safety_circuit_ok=bool(flags & 2), alarm_button=bool(flags & 8),
     )
 
 

@@ -11,7 +11,7 @@ from edge.elevator.detectors import Detector, DetectorThresholds, EventChange, d
 from edge.elevator.signals import ElevatorGeometry, ElevatorSignals, signal_problem
 
 # A change of any of these is published at once rather than at the next telemetry interval.
-_DISCRETE = ("door", "direction", "floor", "door_zone", "power", "mode", "safety_circuit_ok")
+_DISCRETE = ("door", "direction", "floor", "door_zone", "power", "mode", "safety_circuit_ok", "alarm_button")
 
 
 @dataclass(frozen=True, slots=True)

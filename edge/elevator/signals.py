@@ -15,11 +15,17 @@ SERVICE_MODES: Final = frozenset({"normal", "inspection", "fire", "out_of_servic
 
 
 class ElevatorGeometry(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The installation (registry attributes ``floors``, ``floor_height_m``, ``rated_speed_mps``)."""
+    """The installation (registry attributes ``floors``, ``floor_height_m``, ``rated_speed_mps``).
+
+    ``door_locks_in_safety_circuit``: the box's safety-circuit signal includes the landing and car
+    door lock contacts (the usual wiring). Only then does a door reported open while the circuit
+    reads closed mean the lock contacts are bridged (door-lock bypass, 短接门锁).
+    """
 
     floors: int = 12
     floor_height_m: float = 3.0
     rated_speed_mps: float = 1.75
+    door_locks_in_safety_circuit: bool = False
 
     @property
     def top_m(self) -> float:
@@ -47,6 +53,8 @@ class ElevatorSignals:
     mode: str
     safety_circuit_ok: bool
     acceleration_mps2: float | None = None
+    alarm_button: bool = False
+    """The car's alarm (emergency call) button is pressed."""
 
     @property
     def moving(self) -> bool:
@@ -66,6 +74,7 @@ class ElevatorSignals:
             "power": self.power,
             "mode": self.mode,
             "safety_circuit_ok": self.safety_circuit_ok,
+            "alarm_button": self.alarm_button,
         }
         if self.floor is not None:
             out["floor"] = self.floor

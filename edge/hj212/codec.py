@@ -30,6 +30,10 @@ FLAG_ACK: Final = 0x01
 FLAG_SPLIT: Final = 0x02
 VERSION_2005: Final = 0
 VERSION_2017: Final = 1
+VERSION_2025: Final = 2
+"""HJ 212-2025 marks its frames with version bits 000010 (``Flag=9`` = 2025 + ack); the frame and
+data segment layout is that of 2017. Its optional SM4 encryption of CP is not supported."""
+SUPPORTED_VERSIONS: Final = frozenset({VERSION_2005, VERSION_2017, VERSION_2025})
 
 
 class Hj212Reject(enum.StrEnum):
@@ -135,7 +139,7 @@ class Hj212Packet:
 
     @property
     def version(self) -> int:
-        """Standard version from Flag bits V5..V0: 0 HJ/T 212-2005, 1 HJ 212-2017."""
+        """Standard version from Flag bits V5..V0: 0 HJ/T 212-2005, 1 HJ 212-2017, 2 HJ 212-2025."""
         return self.flag >> 2
 
     @property
@@ -389,7 +393,7 @@ def parse_packet(segment: str) -> Hj212Packet:
 
     Header fields may be separated by ``;`` (the standard) or ``,`` (a slip the standard's
     own examples make); unknown header fields are tolerated. HJ/T 212-2005 packets may omit
-    QN and Flag; 2017 packets must carry QN.
+    QN and Flag; 2017 and 2025 packets must carry QN.
 
     Raises:
         Hj212Error: with the reason and the offending field.
@@ -412,7 +416,7 @@ def parse_packet(segment: str) -> Hj212Packet:
         if name in header:
             raise Hj212Error(Hj212Reject.SYNTAX, f"header field {name[:20]!r} appears twice")
         header[name] = value
-    cp = parse_cp(segment[cp_at + 5:-2])
+    cp_text = segment[cp_at + 5:-2]
 
     for required in ("ST", "CN", "MN"):
         if required not in header:
@@ -431,11 +435,20 @@ def parse_packet(segment: str) -> Hj212Packet:
             raise Hj212Error(Hj212Reject.BAD_FIELD, f"Flag {_show(flag_text)} is not an integer 0-255")
         flag = int(flag_text)
     version = flag >> 2
-    if version not in (VERSION_2005, VERSION_2017):
-        raise Hj212Error(Hj212Reject.UNSUPPORTED_VERSION, f"Flag version {version} (only 0 = 2005, 1 = 2017)")
+    if version not in SUPPORTED_VERSIONS:
+        raise Hj212Error(Hj212Reject.UNSUPPORTED_VERSION,
+                         f"Flag version {version} (only 0 = 2005, 1 = 2017, 2 = 2025)")
+    try:
+        cp = parse_cp(cp_text)
+    except Hj212Error:
+        if version == VERSION_2025:
+            # 2025 loggers may SM4-encrypt CP; ciphertext never parses as name=value pairs.
+            raise Hj212Error(Hj212Reject.UNSUPPORTED_VERSION, "HJ 212-2025 CP is not name=value pairs: "
+                             "encrypted (SM4) data segments are not supported") from None
+        raise
     qn = header.get("QN")
     if qn is None:
-        if version == VERSION_2017:
+        if version != VERSION_2005:
             raise Hj212Error(Hj212Reject.MISSING_FIELD, "no QN")
     elif not _QN_RE.fullmatch(qn):
         raise Hj212Error(Hj212Reject.BAD_FIELD, f"QN {_show(qn)} is not 17 digits (YYYYMMDDhhmmsszzz)")

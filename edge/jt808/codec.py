@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass, replace
 from functools import reduce
 from operator import xor
-from typing import Final
+from typing import Final, Protocol
 
 FLAG: Final = 0x7E
 ESCAPE: Final = 0x7D
@@ -66,6 +66,20 @@ class RejectionReason(enum.StrEnum):
     PHONE_MISMATCH = "phone_mismatch"
     SPLIT_EXPIRED = "split_expired"
     SPLIT_OVERFLOW = "split_overflow"
+    IDENTITY_MISMATCH = "identity_mismatch"
+    """Registration fields differ from the device registry's record of the vehicle."""
+    ALREADY_REGISTERED = "already_registered"
+    """Registration of a terminal (or plate) that is registered already: an operator must reset it."""
+    RATE_LIMITED = "rate_limited"
+    """Too many registration/authentication attempts from one address or for one phone."""
+    AUTH_TIMEOUT = "auth_timeout"
+    """The connection did not authenticate in time."""
+    TOO_MANY_ERRORS = "too_many_errors"
+    """An unauthenticated connection caused too many refusals and was closed."""
+    CONNECTION_LIMIT = "connection_limit"
+    """A connection refused by the gateway's total or per-address connection caps."""
+    STORE_FAILED = "store_failed"
+    """The registration store could not be read or written."""
 
 
 class Jt808DecodeError(Exception):
@@ -339,25 +353,59 @@ class _PendingMessage:
     first: Jt808Header
     parts: dict[int, bytes]
     started: float
+    size: int = 0
 
 
 class SplitPacketAssembler:
     """Reassembles split messages (header bit 13) from packets with consecutive serials.
 
-    Bounded in time (``timeout_s``), in concurrent messages (``max_pending``) and in size
-    (``max_packets``); what does not complete is reported by ``expire``.
+    Bounded in time (``timeout_s``), in concurrent messages (``max_pending``), in size
+    (``max_packets``), in bytes held (``max_bytes``) and, when given, in a ``budget`` shared with
+    other connections (anything with ``take(n) -> bool`` and ``give(n)``); what does not
+    complete is reported by ``expire``.
     """
 
-    def __init__(self, timeout_s: float = 30.0, max_pending: int = 16, max_packets: int = 64) -> None:
+    def __init__(self, timeout_s: float = 30.0, max_pending: int = 16, max_packets: int = 64,
+                 max_bytes: int = 1 << 20, budget: _Budget | None = None) -> None:
         self.timeout_s = timeout_s
         self.max_pending = max_pending
         self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self.budget = budget
+        self.held = 0
+        """Bytes of packets held for unfinished messages."""
         self._pending: dict[tuple[str, int, int, int], _PendingMessage] = {}
 
     @property
     def pending(self) -> int:
         """Messages waiting for more packets."""
         return len(self._pending)
+
+    def clear(self) -> None:
+        """Drop every unfinished message (the connection closed) and release its bytes."""
+        for entry in self._pending.values():
+            self._release(entry)
+        self._pending.clear()
+
+    def _release(self, entry: _PendingMessage) -> None:
+        self.held -= entry.size
+        if self.budget is not None:
+            self.budget.give(entry.size)
+        entry.size = 0
+
+    def _store(self, key: tuple[str, int, int, int], entry: _PendingMessage, h: Jt808Header, body: bytes) -> None:
+        grow = len(body) - len(entry.parts.get(h.packet_index, b""))
+        if grow > 0 and (self.held + grow > self.max_bytes or
+                         (self.budget is not None and not self.budget.take(grow))):
+            self._release(entry)
+            del self._pending[key]
+            raise Jt808DecodeError(RejectionReason.SPLIT_OVERFLOW, "reassembly memory exhausted "
+                                   f"({self.held} bytes held on this connection); dropped the message", h)
+        if grow < 0 and self.budget is not None:
+            self.budget.give(-grow)
+        self.held += grow
+        entry.size += grow
+        entry.parts[h.packet_index] = body
 
     def add(self, frame: Jt808Frame, now: float) -> Jt808Frame | None:
         """Add one packet; return the whole message once its last packet arrived.
@@ -377,22 +425,33 @@ class SplitPacketAssembler:
             if len(self._pending) >= self.max_pending:
                 oldest = min(self._pending, key=lambda k: self._pending[k].started)
                 dropped = self._pending.pop(oldest)
+                self._release(dropped)
             entry = self._pending[key] = _PendingMessage(h, {}, now)
             if dropped is not None:
-                entry.parts[h.packet_index] = frame.body
+                self._store(key, entry, h, frame.body)
                 raise Jt808DecodeError(RejectionReason.SPLIT_OVERFLOW,
                                        f"too many unfinished split messages; dropped 0x{dropped.first.msg_id:04x} "
                                        f"with {len(dropped.parts)}/{dropped.first.packet_total} packets", h)
-        entry.parts[h.packet_index] = frame.body
+        self._store(key, entry, h, frame.body)
         if h.packet_index == 1:
             entry.first = h
         if len(entry.parts) < h.packet_total:
             return None
         del self._pending[key]
+        self._release(entry)
         body = b"".join(entry.parts[i] for i in range(1, h.packet_total + 1))
         return Jt808Frame(replace(entry.first, body_length=len(body)), body, reassembled=True)
 
     def expire(self, now: float) -> list[Jt808Header]:
         """Drop messages older than the timeout; return the first header of each."""
         old = [k for k, e in self._pending.items() if now - e.started > self.timeout_s]
-        return [self._pending.pop(k).first for k in old]
+        expired = [self._pending.pop(k) for k in old]
+        for entry in expired:
+            self._release(entry)
+        return [e.first for e in expired]
+
+
+class _Budget(Protocol):
+    def take(self, n: int) -> bool: ...
+
+    def give(self, n: int) -> None: ...

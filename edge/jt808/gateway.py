@@ -12,21 +12,46 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import signal
+import sqlite3
+import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from broker.contracts import DeadLetter, Kind, dead_letter_topic, encode, utcnow
+from broker.contracts import (
+    Channel,
+    DeadLetter,
+    DeviceCommand,
+    Kind,
+    Rejected,
+    RejectReason,
+    dead_letter_topic,
+    decode_command,
+    device_topic,
+    encode,
+    parse_device_topic,
+    utcnow,
+)
+from broker.credentials import add_mqtt_arguments
+from edge.jt808.alarms import ALARMS_FILE, SqliteAlarmStore
 from edge.jt808.codec import RejectionReason
+from edge.jt808.limits import Aggregator
+from edge.jt808.registrations import (
+    ADMIN_COMMANDS,
+    MemoryRegistrations,
+    RegistrationStore,
+    RegistrationStoreError,
+    SqliteRegistrations,
+    admin_main,
+    store_path,
+)
+from edge.jt808.registry import RegistryTerminals
 from edge.jt808.session import (
     STAGE,
-    AuthCodeIssuer,
     Jt808Platform,
     Jt808Session,
     Publication,
@@ -36,6 +61,9 @@ from edge.jt808.session import (
     TerminalRegistry,
     dead_letter_of,
 )
+
+if TYPE_CHECKING:
+    from broker.mqtt import Handler, Message
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +79,8 @@ DeadLetterSink = Callable[[DeadLetter], Awaitable[None]]
 """Where refused frames go, as contract dead letters."""
 
 DEFAULT_PORT: Final = 7808
-SECRET_ENV: Final = "VIGIL_JT808_AUTH_SECRET"
+COMMAND_FILTER: Final = device_topic(Kind.VEHICLE, "+", Channel.COMMAND)
+"""Platform commands to terminals (the broker lets only platform accounts publish there)."""
 
 
 class RejectionLog:
@@ -88,7 +117,10 @@ class _Connection(asyncio.BufferedProtocol):
         self.gateway = gateway
         self.transport: asyncio.Transport | None = None
         self.session: Jt808Session | None = None
-        self.last_rx = 0.0
+        self.host = ""
+        self.opened = self.last_rx = 0.0
+        self.preauth = True
+        """Counted among its address's unauthenticated connections."""
         self.write_paused = False
         self.close_reason = "connection closed"
 
@@ -97,9 +129,12 @@ class _Connection(asyncio.BufferedProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        if not self.gateway.admit(self, name):
+            transport.abort()  # refused before anything is allocated for it
+            return
         self.session = self.gateway.platform.new_session(name)
-        self.last_rx = self.gateway.clock()
-        self.gateway.connections.add(self)
+        self.opened = self.last_rx = self.gateway.clock()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.gateway.read_buffer
@@ -109,7 +144,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Hand received bytes to the session."""
-        assert self.session is not None and self.transport is not None
+        if self.session is None or self.transport is None or self.transport.is_closing():
+            return
         self.last_rx = now = self.gateway.clock()
         try:
             out = self.session.feed(data, now)
@@ -117,6 +153,8 @@ class _Connection(asyncio.BufferedProtocol):
             log.exception("jt808: session of %s failed; closing it", self.session.peer)
             self.transport.close()
             return
+        if self.preauth and self.session.authenticated:
+            self.gateway.authenticated(self)
         self.gateway.handle_output(self, out)
 
     def eof_received(self) -> bool:
@@ -134,9 +172,9 @@ class _Connection(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.gateway.connections.discard(self)
         self.gateway.paused.discard(self)
         if self.session is not None:
+            self.gateway.forget(self)
             self.gateway.enqueue(self.session.close(self.close_reason))
 
 
@@ -145,11 +183,22 @@ class GatewayLimits:
     """Bounds of one gateway."""
 
     idle_timeout_s: float = 180.0
-    """Close a connection that sent nothing for this long (terminals heartbeat every ~30-60 s)."""
+    """Close an authenticated connection that sent nothing for this long (terminals heartbeat every ~30-60 s)."""
+    auth_timeout_s: float = 30.0
+    """Close a connection that has not authenticated this long after connecting (or after its logout)."""
+    max_connections: int = 20_000
+    """Connections at once; more are refused (``connection_limit``)."""
+    max_per_address: int = 1_000
+    """Connections at once from one source address (terminals behind carrier NAT share one)."""
+    max_preauth_per_address: int = 64
+    """Unauthenticated connections at once from one source address."""
     queue_limit: int = 10_000
     """Publications waiting for MQTT before the gateway stops reading from terminals."""
-    max_write_buffer: int = 1024 * 1024
+    max_write_buffer: int = 256 * 1024
     """Replies buffered for one terminal beyond which it is dropped (reading pauses long before)."""
+    dead_letter_burst: int = 5
+    """Dead letters per source address and reason per ``dead_letter_window_s``; the rest become one summary."""
+    dead_letter_window_s: float = 10.0
     sweep_interval_s: float = 5.0
     backlog: int = 4096
     read_size: int = 16 * 1024
@@ -176,14 +225,63 @@ class Jt808Gateway:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._log_rejection = RejectionLog()
+        self._per_address: Counter[str] = Counter()
+        self._preauth: Counter[str] = Counter()
+        self._dead_letters = Aggregator(limits.dead_letter_burst, limits.dead_letter_window_s)
 
     @property
     def counters(self) -> dict[str, int]:
         """Counters of the platform plus the gateway's own."""
         snap = self.platform.counters.snapshot()
         snap["connections"] = len(self.connections)
+        snap["connections_preauth"] = sum(self._preauth.values())
         snap["queued"] = len(self._queue)
+        snap["buffered_bytes"] = sum(c.session.buffered for c in self.connections if c.session is not None)
+        snap["reassembly_bytes"] = self.platform.reassembly_budget.used
+        snap["reassembly_bytes_peak"] = self.platform.reassembly_budget.peak
         return snap
+
+    def admit(self, conn: _Connection, peer: str) -> bool:
+        """Count a new connection in, or refuse it (counted, dead-lettered in aggregate) past a cap."""
+        limits, host = self.limits, conn.host
+        why = ""
+        if len(self.connections) >= limits.max_connections:
+            why = f"{len(self.connections)} connections open (cap {limits.max_connections})"
+        elif self._per_address[host] >= limits.max_per_address:
+            why = f"{self._per_address[host]} connections from {host} (cap {limits.max_per_address})"
+        elif self._preauth[host] >= limits.max_preauth_per_address:
+            why = (f"{self._preauth[host]} unauthenticated connections from {host} "
+                   f"(cap {limits.max_preauth_per_address})")
+        if why:
+            counters = self.platform.counters
+            counters.connections_refused += 1
+            counters.rejected[RejectionReason.CONNECTION_LIMIT] += 1
+            self.enqueue(SessionOutput(rejections=[Rejection(RejectionReason.CONNECTION_LIMIT, why, peer, None, None,
+                                                             b"")]))
+            return False
+        self.connections.add(conn)
+        self._per_address[host] += 1
+        self._preauth[host] += 1
+        return True
+
+    def authenticated(self, conn: _Connection) -> None:
+        """The connection's terminal authenticated: it no longer counts as unauthenticated."""
+        conn.preauth = False
+        self._uncount(self._preauth, conn.host)
+
+    def forget(self, conn: _Connection) -> None:
+        """The connection closed: release its place under the caps."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self._uncount(self._per_address, conn.host)
+            if conn.preauth:
+                self._uncount(self._preauth, conn.host)
+
+    @staticmethod
+    def _uncount(counts: Counter[str], host: str) -> None:
+        counts[host] -= 1
+        if counts[host] <= 0:
+            del counts[host]
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; return the bound address (port 0 picks a free one)."""
@@ -205,6 +303,7 @@ class Jt808Gateway:
             if conn.transport is not None:
                 conn.transport.close()
         await asyncio.sleep(0)  # connection_lost runs soon after close: let it queue the offline statuses
+        self._summaries(self.clock(), all_=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain_timeout):
                 await self.flush()
@@ -242,17 +341,58 @@ class Jt808Gateway:
         if out.close or transport.get_write_buffer_size() > self.limits.max_write_buffer:
             transport.close()
 
+    def command(self, device_id: str, command: DeviceCommand) -> None:
+        """Send a platform command to a terminal on its connection; the audit goes to the event queue."""
+        session, out = self.platform.command(device_id, command, self.clock())
+        conn = next((c for c in self.connections if session is not None and c.session is session), None)
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            self.handle_output(conn, out)
+        else:
+            self.enqueue(SessionOutput(publications=out.publications))
+
+    def on_commands(self, batch: list[Message]) -> None:
+        """MQTT handler of ``vigil/v1/vehicle/+/command``: retained, malformed or repeated ones are refused."""
+        for message in batch:
+            try:
+                topic = parse_device_topic(message.topic)
+                if message.retain or topic.kind is not Kind.VEHICLE or topic.channel is not Channel.COMMAND:
+                    raise Rejected(RejectReason.BAD_TOPIC, "retained or not a vehicle command topic")
+                command = decode_command(message.payload)
+            except Rejected as exc:
+                self.platform.commands.counts["invalid"] = self.platform.commands.counts.get("invalid", 0) + 1
+                log.warning("jt808: platform command on %s refused: %s", message.topic[:120], exc)
+                continue
+            if self.platform.commands.repeated(command):
+                continue  # a redelivery (QoS 1): the terminal must not get the text twice
+            self.command(topic.device_id, command)
+
     def enqueue(self, out: SessionOutput) -> bool:
         """Queue a session's publications and rejections; True when the queue is full."""
         if out.publications or out.rejections:
             self._queue.extend(out.publications)
+            now = self.clock()
             for rej in out.rejections:
                 self._log_rejection(rej)
-                if self._dead_letter is not None:
+                # A flood of refusals from one address must not become a flood of dead letters:
+                # the first few per address and reason go out, the rest as one summary per window.
+                host = rej.peer.rpartition(":")[0] or rej.peer
+                if self._dead_letter is not None and self._dead_letters.admit((host, rej.reason.value), now):
                     self._queue.append(rej)
             self._idle.clear()
             self._wake.set()
         return len(self._queue) >= self.limits.queue_limit
+
+    def _summaries(self, now: float, *, all_: bool = False) -> None:
+        if self._dead_letter is None:
+            return
+        rejections = [Rejection(RejectionReason(reason), f"{count} more {reason} refusals from {host} in the last "
+                                f"{seconds:.0f} s (each counted in rejected_{reason}; dead letters aggregated)",
+                                host, None, None, b"")
+                      for (host, reason), count, seconds in self._dead_letters.due(now, all_=all_)]
+        if rejections:
+            self._queue.extend(rejections)
+            self._idle.clear()
+            self._wake.set()
 
     async def _drain(self) -> None:
         queue, low_water = self._queue, self.limits.queue_limit // 2
@@ -291,7 +431,18 @@ class Jt808Gateway:
             await asyncio.sleep(self.limits.sweep_interval_s)
             now = self.clock()
             for conn in list(self.connections):
-                if conn.session is None or conn.transport is None:
+                if conn.session is None or conn.transport is None or conn.transport.is_closing():
+                    continue
+                if not conn.session.authenticated and now - conn.opened > self.limits.auth_timeout_s:
+                    # Measured from the connection's start, not its last byte: one byte a second
+                    # must not keep an unauthenticated connection open.
+                    self.platform.counters.sessions_auth_timeout += 1
+                    self.platform.counters.rejected[RejectionReason.AUTH_TIMEOUT] += 1
+                    conn.close_reason = "authentication timeout"
+                    self.enqueue(SessionOutput(rejections=[Rejection(
+                        RejectionReason.AUTH_TIMEOUT, f"not authenticated {now - conn.opened:.0f} s after connecting "
+                        f"(limit {self.limits.auth_timeout_s:.0f} s)", conn.session.peer, None, None, b"")]))
+                    conn.transport.abort()
                     continue
                 if now - conn.last_rx > self.limits.idle_timeout_s:
                     self.platform.counters.sessions_idle_closed += 1
@@ -301,49 +452,16 @@ class Jt808Gateway:
                 out = conn.session.tick(now)
                 if out.rejections:
                     self.handle_output(conn, out)
+            expired = self.platform.commands.expire(now)
+            if expired:
+                self.enqueue(SessionOutput(publications=expired))
+            self._summaries(now)
             if now - last_log >= 60.0:
                 last_log = now
                 log.info("jt808: %s", self.counters)
 
 
 # ---------------------------------------------------------------------------- entry point
-
-@dataclass(frozen=True, slots=True)
-class RegistryTerminals:
-    """Terminal lookup in Vigil's device registry: a known vehicle device id."""
-
-    path: str
-
-    def lookup(self, device_id: str) -> bool:
-        """Whether the registry file lists this vehicle (the file is re-read when it changes)."""
-        return device_id in _registry_vehicles(self.path, _mtime(self.path))
-
-
-def _mtime(path: str) -> float:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
-
-
-_REGISTRY_CACHE: dict[str, tuple[float, frozenset[str]]] = {}
-
-
-def _registry_vehicles(path: str, mtime: float) -> frozenset[str]:
-    cached = _REGISTRY_CACHE.get(path)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    from broker.registry import DeviceRegistry, RegistryError
-
-    try:
-        reg = DeviceRegistry.load(path)
-        ids = frozenset(d.id for d in reg.devices.values() if d.kind is Kind.VEHICLE)
-    except RegistryError as exc:
-        log.error("jt808: cannot load registry: %s; keeping the previous terminal list", exc)
-        ids = cached[1] if cached is not None else frozenset()
-    _REGISTRY_CACHE[path] = (mtime, ids)
-    return ids
-
 
 def parse_listen(value: str) -> tuple[str, int]:
     """Parse ``HOST:PORT`` (or ``PORT``, or ``[v6]:PORT``)."""
@@ -364,33 +482,71 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="vigil edge jt808", description=__doc__.splitlines()[0])
     p.add_argument("--listen", type=parse_listen, default=("0.0.0.0", DEFAULT_PORT), metavar="HOST:PORT",
                    help=f"TCP address terminals connect to (default 0.0.0.0:{DEFAULT_PORT})")
-    p.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", metavar="URL", help="broker URL")
+    add_mqtt_arguments(p, default="mqtt://127.0.0.1:1883", help="broker URL")
     p.add_argument("--client-id", default="vigil-edge-jt808", help="MQTT client id")
     p.add_argument("--registry", metavar="FILE", help="device registry YAML: its vehicle ids may register")
     p.add_argument("--accept-unknown-devices", action="store_true", help="let any terminal register")
-    p.add_argument("--auth-secret-env", default=SECRET_ENV, metavar="VAR",
-                   help=f"environment variable holding the auth-code secret (default {SECRET_ENV})")
-    p.add_argument("--idle-timeout", type=float, default=180.0, metavar="S", help="close silent connections after S")
+    p.add_argument("--registrations", metavar="FILE", help="registration store (SQLite; default "
+                   "DATA_DIR/jt808-registrations.sqlite3 with --data-dir, else memory only: lost on restart)")
+    p.add_argument("--idle-timeout", type=float, default=180.0, metavar="S",
+                   help="close authenticated connections silent for S seconds")
+    p.add_argument("--auth-timeout", type=float, default=30.0, metavar="S",
+                   help="close connections not authenticated S seconds after connecting")
+    p.add_argument("--max-connections", type=int, default=20_000, metavar="N", help="connections at once")
+    p.add_argument("--max-per-address", type=int, default=1_000, metavar="N",
+                   help="connections at once from one source address")
+    p.add_argument("--max-preauth-per-address", type=int, default=64, metavar="N",
+                   help="unauthenticated connections at once from one source address")
     p.add_argument("--queue-limit", type=int, default=10_000, help="publications queued before reading pauses")
     p.add_argument("--telemetry-qos", type=int, choices=(0, 1), default=1,
                    help="MQTT QoS of positions (events and dead letters are always QoS 1)")
     p.add_argument("--data-dir", metavar="DIR", help="outbox folder: queue messages on disk while the broker is "
-                   "unreachable and deliver them in order, all QoS 1 (default: publish directly)")
+                   "unreachable and deliver them in order, all QoS 1; also keeps open alarms across restarts "
+                   f"({ALARMS_FILE}) (default: publish directly, alarms open at a restart never end)")
+    p.add_argument("--no-commands", action="store_true", help="do not subscribe to platform commands "
+                   "(vigil/v1/vehicle/+/command: alarm confirmation, text, terminal parameters)")
     p.add_argument("--gateway-name", default="jt808", help="gateway identity with --data-dir (default jt808)")
     return p
 
 
 def platform_from_args(args: argparse.Namespace) -> Jt808Platform:
-    """Build the platform (registry, auth secret) from parsed options."""
-    secret = os.environ.get(args.auth_secret_env, "")
-    if not secret:
-        log.warning("jt808: %s is not set; auth codes change on restart (terminals will re-register)",
-                    args.auth_secret_env)
-        secret = secrets.token_hex(32)
+    """Build the platform (registry, registration store) from parsed options.
+
+    Raises:
+        RegistrationStoreError: the registration store cannot be opened.
+    """
     registry: TerminalRegistry = RegistryTerminals(args.registry) if args.registry else StaticTerminalRegistry()
     if not args.registry and not args.accept_unknown_devices:
         log.warning("jt808: no --registry and no --accept-unknown-devices: every terminal will be refused")
-    return Jt808Platform(registry, AuthCodeIssuer(secret.encode()), accept_unknown=args.accept_unknown_devices)
+    path = store_path(args.registrations, getattr(args, "data_dir", None))
+    store: RegistrationStore
+    if path is None:
+        log.warning("jt808: no --registrations or --data-dir: registrations are kept in memory only; after a "
+                    "restart every terminal must register again")
+        store = MemoryRegistrations()
+    else:
+        store = SqliteRegistrations(path)
+    alarm_store: SqliteAlarmStore | None = None
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir:
+        # Open alarms survive a restart: on each terminal's first report they are ended (bit now
+        # clear) or continued under their original event ids. Without --data-dir they are lost.
+        try:
+            alarm_store = SqliteAlarmStore(Path(data_dir) / ALARMS_FILE)
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistrationStoreError(f"{Path(data_dir) / ALARMS_FILE}: {exc}") from None
+    platform = Jt808Platform(registry, store, accept_unknown=args.accept_unknown_devices, alarm_store=alarm_store)
+    if platform.alarms.restored:
+        log.info("jt808: %d open alarm(s) from before the restart; each ends or goes on at its terminal's next "
+                 "position", platform.alarms.restored)
+    return platform
+
+
+def limits_from_args(args: argparse.Namespace) -> GatewayLimits:
+    """The gateway's bounds from parsed options."""
+    return GatewayLimits(idle_timeout_s=args.idle_timeout, auth_timeout_s=args.auth_timeout,
+                         max_connections=args.max_connections, max_per_address=args.max_per_address,
+                         max_preauth_per_address=args.max_preauth_per_address, queue_limit=args.queue_limit)
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
@@ -411,6 +567,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
     try:
         async with contextlib.AsyncExitStack() as stack:
             publish: PublishSink
+            subscribe: Callable[[str, Handler], None]
             if getattr(args, "data_dir", None):
                 from edge.runtime.identity import EdgeIdentity
                 from edge.runtime.sink import link_publisher
@@ -418,8 +575,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
                 identity = EdgeIdentity.for_gateway(args.gateway_name, agent=STAGE)
                 sink = await stack.enter_async_context(link_publisher(args.mqtt, identity, Path(args.data_dir)))
                 publish = sink.publish
+                subscribe = sink.link.subscribe
             else:
                 mqtt = await stack.enter_async_context(MqttClient(args.mqtt, args.client_id))
+                subscribe = mqtt.subscribe
 
                 async def publish(topic: str, payload: bytes, *, retain: bool = False) -> None:
                     qos = telemetry_qos if topic.endswith("/telemetry") else 1
@@ -428,8 +587,10 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
             async def dead_letter(letter: DeadLetter) -> None:
                 await publish(dl_topic, encode(letter))
 
-            limits = GatewayLimits(idle_timeout_s=args.idle_timeout, queue_limit=args.queue_limit)
+            limits = limits_from_args(args)
             gateway = Jt808Gateway(platform, publish, dead_letter=dead_letter, limits=limits)
+            if not getattr(args, "no_commands", False):
+                subscribe(COMMAND_FILTER, gateway.on_commands)
             bound = await gateway.start(*args.listen)
             if ready is not None:
                 ready(bound)
@@ -444,7 +605,14 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``vigil edge jt808``; returns the exit status."""
+    """Entry point of ``vigil edge jt808`` (and its registration admin commands); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ADMIN_COMMANDS:
+        return admin_main(argv)
+    if argv and argv[0] == "send-command":
+        from edge.jt808.command_cli import main as send_command
+
+        return send_command(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(args)
@@ -462,7 +630,7 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(serve(args))
     except KeyboardInterrupt:
         pass
-    except (OSError, MqttError, EdgeLinkError, IdentityError) as exc:
+    except (OSError, MqttError, EdgeLinkError, IdentityError, RegistrationStoreError) as exc:
         log.error("jt808: %s", exc)
         return 1
     return 0

@@ -38,11 +38,13 @@ from broker.contracts import (
     encode,
     utcnow,
 )
-from broker.mqtt import Handler, MqttClient, MqttError, Will
+from broker.mqtt import NO_MATCHING_SUBSCRIBERS, Handler, MqttClient, MqttError, Will
 from edge.runtime.identity import EdgeIdentity
 from edge.runtime.outbox import DurableOutbox, OutboxError
 
 log = logging.getLogger(__name__)
+_HOLD_RETRY_S = 1.0
+"""How long held (unrouted) messages wait before they are sent again."""
 
 StatusDetail = Callable[[], dict[str, Any]]
 
@@ -69,6 +71,7 @@ class EdgeLink:
         backoff_max: float = 30.0,
         status_detail: StatusDetail | None = None,
         clock: Callable[[], float] = time.time,
+        hold_unrouted: bool = False,
     ) -> None:
         """Open the outbox under ``data_dir`` (publishing works before ``start``).
 
@@ -85,6 +88,10 @@ class EdgeLink:
             backoff_max: longest reconnect delay in seconds.
             status_detail: extra figures merged into each heartbeat's ``detail``.
             clock: epoch seconds (tests inject one).
+            hold_unrouted: keep a message the broker accepted with "no matching subscribers" (MQTT 5
+                reason 0x10) and send it again later. The platform's persistent session always
+                subscribes to device topics, so 0x10 means the broker lost that session (a crash
+                before its autosave): without holding, those messages would be dropped.
 
         Raises:
             EdgeLinkError: another process holds the outbox, or it cannot be opened.
@@ -124,7 +131,9 @@ class EdgeLink:
         self._offline_reason = ""
         self._status_dirty = False
         self.counters: dict[str, int] = {"refused_by_broker": 0, "connect_refusals": 0, "heartbeats": 0,
-                                         "outbox_errors": 0}
+                                         "outbox_errors": 0, "held_unrouted": 0}
+        self._hold_unrouted = hold_unrouted
+        self._unrouted_at: float | None = None
 
     @staticmethod
     def _lock(path: Path) -> int:
@@ -348,6 +357,33 @@ class EdgeLink:
             log.warning("edge %s: broker refused message %d", self.identity.client_id, seq)
         self._wake.set()
 
+    def _on_reason(self, seq: int, code: int) -> None:
+        if code == NO_MATCHING_SUBSCRIBERS:
+            # Accepted but nobody subscribed: keep it and send it again once the platform is back.
+            self._inflight -= 1
+            self.counters["held_unrouted"] += 1
+            if self._unrouted_at is None:
+                log.warning("edge %s: no subscriber for device messages (the broker lost the platform's "
+                            "session?); holding them in the outbox", self.identity.client_id)
+            self._unrouted_at = time.monotonic()
+            self._wake.set()
+            return
+        self._on_acked(seq, code < 0x80)
+
+    def _held_wait(self) -> float:
+        """Seconds until held messages are resent (0: resend now or nothing held)."""
+        if self._unrouted_at is None:
+            return 0.0
+        if self._inflight > 0:
+            return 0.05  # let the rest of the window come back first
+        left = self._unrouted_at + _HOLD_RETRY_S - time.monotonic()
+        if left > 0:
+            return left
+        self._unrouted_at = None
+        self._commit_acks()
+        self.outbox.rewind()  # the held messages are the oldest still stored: resent in order
+        return 0.0
+
     def _commit_acks(self) -> None:
         if not self._acked:
             return
@@ -366,6 +402,10 @@ class EdgeLink:
             self._commit_acks()
             if not self.mqtt.connected:
                 continue
+            wait = self._held_wait()
+            if wait > 0:
+                asyncio.get_running_loop().call_later(wait, self._wake.set)
+                continue
             room = self._window - self._inflight
             if room <= 0:
                 continue
@@ -380,8 +420,12 @@ class EdgeLink:
             for message in batch:
                 self._inflight += 1
                 try:
-                    self.mqtt.publish_nowait(message.topic, message.payload, 1, message.retain,
-                                             on_acked=functools.partial(self._on_acked, message.seq))
+                    if self._hold_unrouted:
+                        self.mqtt.publish_nowait(message.topic, message.payload, 1, message.retain,
+                                                 on_reason=functools.partial(self._on_reason, message.seq))
+                    else:
+                        self.mqtt.publish_nowait(message.topic, message.payload, 1, message.retain,
+                                                 on_acked=functools.partial(self._on_acked, message.seq))
                 except (ValueError, TypeError) as exc:
                     # paho refused it locally; a stored message it can never send must not stall the queue.
                     log.warning("edge %s: cannot send message %d: %s", self.identity.client_id, message.seq, exc)

@@ -101,6 +101,9 @@ async def link_publisher(mqtt_url: str, identity: EdgeIdentity, data_dir: Path,
     Raises:
         EdgeLinkError: the outbox folder is unusable or held by another process.
     """
+    # Gateways feed the platform, whose persistent session always subscribes to device topics:
+    # "no matching subscribers" means the broker lost that session, so keep such messages.
+    link_options.setdefault("hold_unrouted", True)
     link = EdgeLink(mqtt_url, identity, data_dir, **link_options)
     sink = LinkPublisher(link)
     await link.start()

@@ -1,7 +1,8 @@
-"""Accumulators with resets (driving time) and repeat counting."""
+"""Accumulators with resets (driving time, per driver, through data gaps and late uploads) and repeat counting."""
 
 from __future__ import annotations
 
+import bisect
 from typing import Any, Final
 
 from rules.conditions.base import (
@@ -19,6 +20,7 @@ from rules.conditions.base import (
     require_mapping,
 )
 from rules.conditions.basic import Schedule, parse_schedule
+from rules.conditions.geo import haversine_m
 from rules.expr import Expression
 
 _MODES: Final = {"continuous", "rolling"}
@@ -27,16 +29,29 @@ _MODES: Final = {"continuous", "rolling"}
 class DrivingTimeCondition(Condition):
     """Driving time: continuous (reset by a rest of at least ``rest``) or in a rolling window.
 
-    Each interval between two samples is credited to the state at its start (moving or
-    stopped). A gap in the data longer than ``max_gap`` counts as rest: a terminal that
-    stops reporting is usually parked with the ignition off.
+    Each interval between two samples is credited to the state at its start (moving or not,
+    inside ``during`` or not). A data gap longer than ``max_gap`` is a rest unless the fixes on
+    both sides show the vehicle moved in between (farther than ``gap_km``, or faster than
+    ``gap_kmh`` on average): switching the terminal off does not stop the clock. Late samples
+    (blind-area uploads, 0x0704 type 1) are inserted in their own time order. With ``per`` (a
+    metric such as ``driver_id``) each driver has a clock of their own: a relay driver starts
+    afresh, the first driver's time stays theirs (the time they were away counts as their rest);
+    a report without a driver keeps the current one (signing out does not reset anything), and
+    the first driver to sign in takes over the time driven before anyone signed in.
+
+    State per driver: *runs* of samples in one state (``[start, end, moving, during, lat0, lon0,
+    lat1, lon1, fresh]``, kept for ``min(window, 24 h)`` to place late samples), the continuous
+    accumulators, and driving seconds per time bucket with their running sum (rolling mode), so
+    an in-order sample costs O(1) however long the window; a late sample recomputes from the runs.
     """
 
     type_key = "driving_time"
     stateful = True
+    MAX_RUNS: Final = 5000
 
     def __init__(self, moving: Expression, mode: str, limit: Expression, rest: float, window: float, max_gap: float,
-                 during: Schedule | None, line: int) -> None:
+                 during: Schedule | None, line: int, *, gap_km: float = 1.0, gap_kmh: float = 5.0,
+                 per: str | None = None, lat: str = "lat", lon: str = "lon") -> None:
         self.moving = moving
         self.mode = mode
         self.limit = limit
@@ -44,8 +59,14 @@ class DrivingTimeCondition(Condition):
         self.window = window
         self.max_gap = max_gap
         self.during = during
+        self.gap_m = gap_km * 1000.0
+        self.gap_kmh = gap_kmh
+        self.per = per
+        self.lat, self.lon = lat, lon
         self.metrics = moving.metrics
         self.line = line
+        self.horizon = min(window, 86400.0)
+        self.bucket = max(60.0, float(round(window / 2000.0)))
 
     def evaluate(self, ctx: EvalContext, slots: list[Any]) -> Signal:
         """FIRE at the limit; continuous mode CLEARs only after a full rest."""
@@ -54,60 +75,194 @@ class DrivingTimeCondition(Condition):
         if st is None:
             if moving is None:
                 return None
-            st = slots[self.slot] = {"t": ctx.ts, "m": bool(moving), "drive": 0.0, "stop": 0.0, "seg": []}
-        if ctx.sample and moving is not None and ctx.ts > st["t"]:
-            self._advance(st, ctx.ts, bool(moving))
+            st = slots[self.slot] = {"v": 3, "t": ctx.ts, "cur": "", "d": {}}
+        if moving is not None and (ctx.sample or ctx.late):
+            self._driver(st, ctx)
+            per = st["d"].get(st["cur"])
+            if per is None:
+                per = st["d"][st["cur"]] = _fresh()
+            if ctx.sample and ctx.ts >= st["t"]:
+                self._append(per, ctx, bool(moving))
+                st["t"] = ctx.ts
+                self._prune(st)
+            elif ctx.late:
+                self._insert(per, ctx, bool(moving))
         limit = self.limit(ctx.metrics, ctx.params, ctx.quality)
         if not isinstance(limit, int | float):
             return None
+        per = st["d"].get(st["cur"]) or _fresh()
+        if per["dirty"]:
+            self._recompute(per)
+        if self.per is not None:
+            ctx.computed["driver"] = st["cur"] or "?"
         if self.mode == "continuous":
-            drive = st["drive"]
+            drive = per["dr"]
             ctx.computed["driving_h"] = round(drive / 3600.0, 3)
-            ctx.computed["rest_min"] = round(st["stop"] / 60.0, 1)
+            ctx.computed["rest_min"] = round(per["sp"] / 60.0, 1)
             if drive >= limit:
                 return FIRE
             return CLEAR if drive == 0.0 else HOLD
-        total = self._rolling_total(st, ctx.ts)
+        total = self._rolling(per, st["t"])
         ctx.computed["driving_h"] = round(total / 3600.0, 3)
         return FIRE if total >= limit else CLEAR
 
-    def _advance(self, st: dict[str, Any], ts: float, moving_now: bool) -> None:
-        start = st["t"]
-        dt = ts - start
-        was_moving = st["m"]
-        counts = self.during is None or self.during.active(start)
-        if dt > self.max_gap:
-            was_moving = False  # a long silence is a rest
-        if self.during is not None and not counts:
-            st["drive"] = 0.0
-            st["stop"] = 0.0
-        elif was_moving:
-            st["drive"] += dt
-            st["stop"] = 0.0
-            seg = st["seg"]
-            if seg and seg[-1][1] == start:
-                seg[-1][1] = ts
-            else:
-                seg.append([start, ts])
-        else:
-            st["stop"] += dt
-            if st["stop"] >= self.rest:
-                st["drive"] = 0.0
-        cutoff = ts - self.window
-        st["seg"] = [s for s in st["seg"] if s[1] > cutoff]
-        st["t"] = ts
-        st["m"] = moving_now
+    # ------------------------------------------------------------------ samples
 
-    def _rolling_total(self, st: dict[str, Any], ts: float) -> float:
+    def _driver(self, st: dict[str, Any], ctx: EvalContext) -> None:
+        if self.per is None:
+            return
+        who = ctx.metrics.get(self.per)
+        if not isinstance(who, str | int) or isinstance(who, bool) or not str(who) or str(who) == st["cur"]:
+            return
+        who = str(who)
+        d = st["d"]
+        if st["cur"] == "" and "" in d and who not in d:
+            d[who] = d.pop("")  # driving before the first sign-in was theirs: a late sign-in resets nothing
+        elif who in d:
+            d[who]["away"] = True  # back after someone else drove: the time away is their rest
+        st["cur"] = who
+
+    def _position(self, ctx: EvalContext) -> tuple[float | None, float | None]:
+        m = ctx.metrics
+        lat, lon = m.get(self.lat), m.get(self.lon)
+        if (m.get("gnss_fixed") is False or not isinstance(lat, int | float) or not isinstance(lon, int | float)
+                or isinstance(lat, bool) or isinstance(lon, bool)):
+            return None, None
+        return float(lat), float(lon)
+
+    def _append(self, per: dict[str, Any], ctx: EvalContext, moving: bool) -> None:
+        ts = ctx.ts
+        m, n = int(moving), int(self.during is None or self.during.active(ts))
+        lat, lon = self._position(ctx)
+        runs = per["r"]
+        away = per.pop("away", False)
+        new = [ts, ts, m, n, lat, lon, lat, lon, int(away)]
+        if runs:
+            last = runs[-1]
+            if ts > last[1]:
+                self._credit(per, last[1], ts, self._gap_driving(last, new), bool(last[3]))
+            if not away and last[2] == m and last[3] == n and ts - last[1] <= self.max_gap:
+                last[1] = ts
+                if lat is not None:
+                    last[6], last[7] = lat, lon
+                return
+        runs.append(new)
+
+    def _gap_driving(self, a: list[Any], b: list[Any]) -> bool:
+        """Whether the interval from the end of run ``a`` to the start of run ``b`` was driven."""
+        if b[8]:
+            return False  # the driver was away: someone else drove
+        gap = b[0] - a[1]
+        if gap <= self.max_gap:
+            return bool(a[2])
+        if a[6] is None or b[4] is None:
+            return False  # no fix on one side: nothing shows movement
+        d = haversine_m(a[6], a[7], b[4], b[5])
+        return d > self.gap_m or d / 1000.0 / (gap / 3600.0) > self.gap_kmh
+
+    def _credit(self, per: dict[str, Any], a: float, b: float, driving: bool, counts: bool) -> None:
+        if not counts:
+            per["dr"] = per["sp"] = 0.0  # outside ``during`` the clock starts again
+            return
+        if driving:
+            per["dr"] += b - a
+            per["sp"] = 0.0
+            self._add_buckets(per, a, b)
+        else:
+            per["sp"] += b - a
+            if per["sp"] >= self.rest:
+                per["dr"] = 0.0
+
+    def _add_buckets(self, per: dict[str, Any], a: float, b: float) -> None:
+        if self.mode != "rolling":
+            return
+        size, buckets = self.bucket, per["b"]
+        k = int(a // size)
+        while a < b:
+            end = min(b, (k + 1) * size)
+            if buckets and buckets[-1][0] == k:
+                buckets[-1][1] += end - a
+            else:
+                buckets.append([k, end - a])
+            per["s"] += end - a
+            a, k = end, k + 1
+
+    def _insert(self, per: dict[str, Any], ctx: EvalContext, moving: bool) -> None:
+        runs = per["r"]
+        ts = ctx.ts
+        if not runs or ts < runs[0][0]:
+            return  # older than anything kept: nothing to place it against
+        i = bisect.bisect_right([r[0] for r in runs], ts) - 1
+        if runs[i][0] <= ts <= runs[i][1]:
+            return  # inside a run already covered by neighbouring samples
+        m, n = int(moving), int(self.during is None or self.during.active(ts))
+        lat, lon = self._position(ctx)
+        runs.insert(i + 1, [ts, ts, m, n, lat, lon, lat, lon, 0])
+        per["dirty"] = True
+
+    def _prune(self, st: dict[str, Any]) -> None:
+        horizon = st["t"] - self.horizon
+        cutoff = st["t"] - self.window
+        for who, per in list(st["d"].items()):
+            runs = per["r"]
+            drop = 0
+            while drop + 1 < len(runs) and (runs[drop + 1][1] < horizon or len(runs) - drop > self.MAX_RUNS):
+                drop += 1
+            if drop:
+                del runs[:drop]
+            if runs and runs[-1][1] < cutoff and who != st["cur"]:
+                del st["d"][who]
+
+    # ------------------------------------------------------------------ totals
+
+    def _intervals(self, runs: list[list[Any]]) -> list[tuple[float, float, bool, bool]]:
+        """(start, end, driving, counts) of every interval between the kept samples, oldest first."""
+        out: list[tuple[float, float, bool, bool]] = []
+        for k, r in enumerate(runs):
+            if r[1] > r[0]:
+                out.append((r[0], r[1], bool(r[2]), bool(r[3])))
+            if k + 1 < len(runs) and runs[k + 1][0] > r[1]:
+                out.append((r[1], runs[k + 1][0], self._gap_driving(r, runs[k + 1]), bool(r[3])))
+        return out
+
+    def _recompute(self, per: dict[str, Any]) -> None:
+        """After a late sample: accumulators and buckets again from the kept runs."""
+        runs = per["r"]
+        per["dirty"] = False
+        start = runs[0][0] if runs else 0.0
+        first = int(start // self.bucket)
+        per["b"] = [b for b in per["b"] if b[0] < first]
+        per["s"] = float(sum(b[1] for b in per["b"]))
+        per["dr"] = per["sp"] = 0.0
+        for a, b, driving, counts in self._intervals(runs):
+            self._credit(per, a, b, driving, counts)
+
+    def _rolling(self, per: dict[str, Any], ts: float) -> float:
         cutoff = ts - self.window
-        return float(sum(max(0.0, end - max(start, cutoff)) for start, end in st["seg"]))
+        buckets, size = per["b"], self.bucket
+        while buckets and (buckets[0][0] + 1) * size <= cutoff:
+            per["s"] -= buckets.pop(0)[1]
+        total = per["s"]
+        if buckets and buckets[0][0] * size < cutoff:
+            # The bucket across the window's edge: the part before the edge, as if driven evenly.
+            total -= buckets[0][1] * (cutoff - buckets[0][0] * size) / size
+        return max(0.0, float(total))
+
+    def load(self, raw: Any) -> Any:
+        """State of an older version starts afresh."""
+        return raw if isinstance(raw, dict) and raw.get("v") == 3 else None
+
+
+def _fresh() -> dict[str, Any]:
+    return {"r": [], "dr": 0.0, "sp": 0.0, "b": [], "s": 0.0, "dirty": False}
 
 
 @condition_type("driving_time")
 def build_driving_time(spec: Any, line: int, bc: BuildContext) -> Condition:
     """``driving_time: {mode: continuous, limit: 4h, rest: 20min}`` or ``{mode: rolling, window: 24h, limit: 8h}``."""
     spec = require_mapping(spec, line, "driving_time")
-    check_keys(spec, {"moving", "mode", "limit", "rest", "window", "max_gap", "during"}, {"limit"}, "driving_time")
+    check_keys(spec, {"moving", "mode", "limit", "rest", "window", "max_gap", "during", "gap_km", "gap_kmh", "per",
+                      "lat", "lon"}, {"limit"}, "driving_time")
     mode = str(spec.get("mode", "continuous"))
     if mode not in _MODES:
         raise RuleError(spec.line_of("mode"), "driving_time.mode must be continuous or rolling")
@@ -116,13 +271,23 @@ def build_driving_time(spec: Any, line: int, bc: BuildContext) -> Condition:
         limit_raw = parse_duration(limit_raw, spec.line_of("limit"), "driving_time.limit")
     limit = bc.expr(limit_raw, spec.line_of("limit"), "driving_time.limit")
     during = parse_schedule(spec["during"], spec.line_of("during"), bc) if "during" in spec else None
+    gaps = {}
+    for key, default in (("gap_km", 1.0), ("gap_kmh", 5.0)):
+        value = spec.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise RuleError(spec.line_of(key), f"driving_time.{key} must be a positive number")
+        gaps[key] = float(value)
+    per = spec.get("per")
+    if per is not None and (not isinstance(per, str) or not per):
+        raise RuleError(spec.line_of("per"), "driving_time.per must be a metric name (e.g. driver_id)")
     return DrivingTimeCondition(
         moving=bc.expr(spec.get("moving", "speed_kmh > 5"), spec.line_of("moving"), "driving_time.moving"),
         mode=mode, limit=limit,
         rest=parse_duration(spec.get("rest", "20min"), spec.line_of("rest"), "driving_time.rest"),
         window=parse_duration(spec.get("window", "24h"), spec.line_of("window"), "driving_time.window"),
         max_gap=parse_duration(spec.get("max_gap", "10min"), spec.line_of("max_gap"), "driving_time.max_gap"),
-        during=during, line=spec.line,
+        during=during, line=spec.line, gap_km=gaps["gap_km"], gap_kmh=gaps["gap_kmh"], per=per,
+        lat=str(spec.get("lat", "lat")), lon=str(spec.get("lon", "lon")),
     )
 
 

@@ -65,6 +65,14 @@ class EvalContext:
     status: DeviceStatus | None = None
     computed: dict[str, Any] = field(default_factory=dict)
     """Values computed by conditions (window means, rates ...) for templates and ``values``."""
+    sample_ts: float | None = None
+    """Device time the message's data belongs to when it differs from ``ts``: a period record
+    (HJ 212 2051/2061/2031) is filed in windows under its period start but judged at ``ts``."""
+
+    @property
+    def data_ts(self) -> float:
+        """Timestamp under which this message's samples are filed (``sample_ts`` or ``ts``)."""
+        return self.ts if self.sample_ts is None else self.sample_ts
 
 
 @dataclass

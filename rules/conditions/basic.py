@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from fnmatch import fnmatchcase
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from broker.calendar import DAY_FILTERS, day_matches
+from broker.contracts import DeviceEvent
 from rules.conditions.base import (
     CLEAR,
     FIRE,
@@ -295,9 +298,17 @@ class EventCondition(Condition):
 
     type_key = "event"
 
-    def __init__(self, types: frozenset[str], zone: str | None, resolve_after: float, line: int) -> None:
+    def __init__(self, types: frozenset[str], zone: str | None, resolve_after: float, line: int,
+                 zones: tuple[str, ...] = (), zones_not: tuple[str, ...] = (),
+                 min_measure: float | str | None = None) -> None:
         self.events = types
         self.zone = zone
+        self.zones = zones or ((zone,) if zone is not None else ())
+        """Zone name patterns (``perimeter*``) an event must match; empty: any zone."""
+        self.zones_not = zones_not
+        """Zone name patterns an event must not match (a perimeter rule's zones left to the perimeter rule)."""
+        self.min_measure = min_measure
+        """Events whose ``measure`` is below this (a number or a rule parameter) are ignored (crowd size at peaks)."""
         self.resolve_after = resolve_after
         self.needs_tick = True
         self.line = line
@@ -307,23 +318,48 @@ class EventCondition(Condition):
         state = slots[self.slot]
         return state is not None and state["at"] is not None
 
+    def _measure_ok(self, ev: DeviceEvent, ctx: EvalContext) -> bool:
+        if self.min_measure is None or ev.state == "end":
+            return True  # an end always closes what a start opened
+        level = ctx.params.get(self.min_measure) if isinstance(self.min_measure, str) else self.min_measure
+        if not isinstance(level, int | float):
+            return True  # no level on record: the event passes as it would without the filter
+        return ev.measure is not None and ev.measure >= level
+
+    def _zone_ok(self, zone: str | None) -> bool:
+        if self.zones and (zone is None or not any(fnmatchcase(zone, p) for p in self.zones)):
+            return False
+        return not (self.zones_not and zone is not None and any(fnmatchcase(zone, p) for p in self.zones_not))
+
     def evaluate(self, ctx: EvalContext, slots: list[Any]) -> Signal:
         """FIRE while a matching event is open or an instant one is recent."""
         state = slots[self.slot]
         if state is None:
             state = slots[self.slot] = {"open": [], "at": None}
         ev = ctx.event
-        if ev is not None and not ctx.late and ("*" in self.events or ev.type in self.events) and (
-                self.zone is None or ev.zone == self.zone):
+        if (ev is not None and not ctx.late and ("*" in self.events or ev.type in self.events)
+                and self._zone_ok(ev.zone) and self._measure_ok(ev, ctx)):
             key = ev.event_id or "-"
+            kinds = state.setdefault("kinds", {})
             if ev.state == "start":
+                # A device has one open event per type and zone (Vigil's edge detectors all work so): a
+                # new start means it lost track of an older one (an agent restarted mid-event), and no end
+                # will ever close that one; without this the alert stayed open for good.
+                kind = f"{ev.type}|{ev.zone or ''}"
+                for stale in [k for k, v in kinds.items() if v == kind and k != key]:
+                    del kinds[stale]
+                    if stale in state["open"]:
+                        state["open"].remove(stale)
                 if key not in state["open"]:
                     state["open"].append(key)
+                kinds[key] = kind
             elif ev.state == "end":
                 if ev.event_id is None:
                     state["open"].clear()
+                    kinds.clear()
                 elif key in state["open"]:
                     state["open"].remove(key)
+                    kinds.pop(key, None)
                 state["at"] = None
             else:
                 state["at"] = ctx.ts
@@ -350,11 +386,14 @@ class EventCondition(Condition):
 
 @condition_type("event")
 def build_event(spec: Any, line: int, bc: BuildContext) -> Condition:
-    """``event: trapped_passenger`` or ``event: {types: [...], zone: gate, resolve_after: 10min}``."""
+    """``event: trapped_passenger`` or ``event: {types: [...], zone: gate, resolve_after: 10min}``.
+
+    ``zones: [perimeter*, wall]`` / ``zone_not: perimeter*`` select events by zone name pattern.
+    """
     if isinstance(spec, str):
         return EventCondition(frozenset([spec]), None, 300.0, line)
     spec = require_mapping(spec, line, "event")
-    check_keys(spec, {"type", "types", "zone", "resolve_after"}, set(), "event")
+    check_keys(spec, {"type", "types", "zone", "zones", "zone_not", "min_measure", "resolve_after"}, set(), "event")
     raw = spec.get("types", spec.get("type"))
     if raw is None:
         raise RuleError(spec.line, "event: give 'type' or 'types'")
@@ -364,7 +403,27 @@ def build_event(spec: Any, line: int, bc: BuildContext) -> Condition:
     resolve_after = parse_duration(spec.get("resolve_after", "5min"), spec.line_of("resolve_after"),
                                    "event.resolve_after")
     zone = spec.get("zone")
-    return EventCondition(frozenset(types), str(zone) if zone is not None else None, resolve_after, spec.line)
+    zones = _patterns(spec.get("zones"), spec.line_of("zones"), "event.zones")
+    zones_not = _patterns(spec.get("zone_not"), spec.line_of("zone_not"), "event.zone_not")
+    if zone is not None and zones:
+        raise RuleError(spec.line_of("zones"), "event: give 'zone' or 'zones', not both")
+    min_measure = spec.get("min_measure")
+    number = isinstance(min_measure, int | float) and not isinstance(min_measure, bool)
+    named = isinstance(min_measure, str) and min_measure in bc.param_names
+    if min_measure is not None and not (number or named):
+        raise RuleError(spec.line_of("min_measure"), "event.min_measure: expected a number or a parameter name")
+    return EventCondition(frozenset(types), str(zone) if zone is not None else None, resolve_after, spec.line,
+                          zones=tuple(zones), zones_not=tuple(zones_not), min_measure=min_measure)
+
+
+def _patterns(raw: Any, line: int, what: str) -> list[str]:
+    """Zone name patterns: one string or a list (``*`` and ``?`` as in file names)."""
+    if raw is None:
+        return []
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) and p for p in items):
+        raise RuleError(line, f"{what}: expected a zone name pattern or a list of them")
+    return [str(p) for p in items]
 
 
 class StatusCondition(Condition):
@@ -455,10 +514,13 @@ _HHMM: Final = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 class Schedule:
     """Local-time windows on chosen weekdays; a window past midnight belongs to the day it starts."""
 
-    def __init__(self, windows: list[tuple[int, int]], weekdays: frozenset[int], tz: ZoneInfo) -> None:
+    def __init__(self, windows: list[tuple[int, int]], weekdays: frozenset[int], tz: ZoneInfo,
+                 days: str = "any") -> None:
         self.windows = windows
         self.weekdays = weekdays
         self.tz = tz
+        self.days = days
+        """Calendar filter (broker/calendar.py): any, workdays, rest_days, school_days, non_school_days."""
 
     def active(self, ts: float) -> bool:
         """Whether the schedule is on at epoch time ``ts``."""
@@ -467,14 +529,18 @@ class Schedule:
         wd = local.weekday()
         for start, end in self.windows:
             if start <= end:
-                if start <= minute < end and wd in self.weekdays:
+                if start <= minute < end and wd in self.weekdays and self._day_ok(local.date()):
                     return True
             elif minute >= start:
-                if wd in self.weekdays:
+                if wd in self.weekdays and self._day_ok(local.date()):
                     return True
-            elif minute < end and (wd - 1) % 7 in self.weekdays:
+            elif minute < end and (wd - 1) % 7 in self.weekdays and self._day_ok(local.date() - timedelta(days=1)):
                 return True
         return False
+
+    def _day_ok(self, day: date) -> bool:
+        # Statutory holidays and make-up working days decide, not the weekday alone.
+        return self.days == "any" or day_matches(self.days, day)
 
 
 def parse_schedule(spec: Any, line: int, bc: BuildContext) -> Schedule:
@@ -487,7 +553,7 @@ def parse_schedule(spec: Any, line: int, bc: BuildContext) -> Schedule:
         known = ", ".join(sorted(bc.schedules)) or "none"
         raise RuleError(line, f"schedule: unknown schedule {spec!r} (named schedules: {known})")
     spec = require_mapping(spec, line, "schedule")
-    check_keys(spec, {"between", "weekdays", "tz"}, {"between"}, "schedule")
+    check_keys(spec, {"between", "weekdays", "tz", "days"}, {"between"}, "schedule")
     raw = spec["between"]
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list) or not items:
@@ -511,7 +577,11 @@ def parse_schedule(spec: Any, line: int, bc: BuildContext) -> Schedule:
             raise RuleError(spec.line_of("weekdays"), f"schedule.weekdays: unknown day {d!r}")
         weekdays.add(_WEEKDAYS[key])
     tz = bc.tz(spec.get("tz", bc.timezone), spec.line_of("tz"))
-    return Schedule(windows, frozenset(weekdays), tz)
+    day_filter = str(spec.get("days", "any"))
+    if day_filter not in DAY_FILTERS:
+        raise RuleError(spec.line_of("days"), f"schedule.days: unknown value {day_filter!r} "
+                                              f"(known: {', '.join(DAY_FILTERS)})")
+    return Schedule(windows, frozenset(weekdays), tz, day_filter)
 
 
 class ScheduleCondition(Condition):

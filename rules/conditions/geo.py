@@ -164,6 +164,8 @@ class GeofenceCondition(Condition):
         if state is None:
             state = slots[self.slot] = {"in": None, "since": ctx.ts, "edge": False, "zone": None}
         lat, lon = ctx.metrics.get(self.lat), ctx.metrics.get(self.lon)
+        if ctx.metrics.get("gnss_fixed") is False:
+            return None  # a position without a GNSS fix (JT/T 808 status bit 1 clear) is not a place
         zones = self._device_zones(ctx)
         if zones is None or not isinstance(lat, int | float) or not isinstance(lon, int | float):
             return None
@@ -274,6 +276,8 @@ class CorridorCondition(Condition):
     def evaluate(self, ctx: EvalContext, slots: list[Any]) -> Signal:
         """FIRE beyond the corridor, CLEAR back within ``clear_width_m``."""
         lat, lon = ctx.metrics.get(self.lat), ctx.metrics.get(self.lon)
+        if ctx.metrics.get("gnss_fixed") is False:
+            return None  # a position without a GNSS fix (JT/T 808 status bit 1 clear) is not a place
         if not isinstance(lat, int | float) or not isinstance(lon, int | float):
             return None
         route = self.route

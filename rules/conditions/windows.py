@@ -9,6 +9,7 @@ replaces it (a redelivered message is not counted twice).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from typing import Any, Final
 
@@ -29,7 +30,8 @@ from rules.conditions.base import (
 from rules.expr import Expression
 from rules.yamlsrc import LineDict
 
-_FUNCTIONS: Final = {"avg", "mean", "min", "max", "sum", "count", "rate", "delta", "stddev", "last", "first"}
+_FUNCTIONS: Final = {"avg", "mean", "min", "max", "sum", "count", "rate", "delta", "change", "stddev", "last",
+                     "first"}
 
 
 class Samples:
@@ -93,6 +95,17 @@ class Samples:
         return s
 
 
+def coverage_s(ts: list[float], default_interval: float = 60.0) -> float:
+    """Time the samples stand for: their number times their typical (median) interval.
+
+    HJ 212 minute records come every 1 or 10 minutes (the logger's setting): 45 one-minute records
+    and 5 ten-minute records both cover about 45 minutes, and a missing record leaves a hole.
+    """
+    gaps = sorted(b - a for a, b in itertools.pairwise(ts) if b > a)
+    interval = gaps[len(gaps) // 2] if gaps else default_interval
+    return len(ts) * interval
+
+
 def aggregate(fn: str, ts: list[float], values: list[Any], per: float = 1.0) -> float | None:
     """One aggregate of a window (None when it cannot be computed)."""
     n = len(values)
@@ -114,6 +127,9 @@ def aggregate(fn: str, ts: list[float], values: list[Any], per: float = 1.0) -> 
         return float(values[0])
     if fn == "delta":
         return float(values[-1] - values[0])
+    if fn == "change":
+        # Relative change first -> last (0.2 = rose by 20 %); unknown from a zero start.
+        return float(values[-1] - values[0]) / abs(values[0]) if values[0] else None
     if fn == "rate":
         if n < 2 or ts[-1] <= ts[0]:
             return None
@@ -155,10 +171,10 @@ class _Windowed(Condition):
                     return samples
             v = self.value(ctx.metrics, ctx.params, ctx.quality)
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-                samples.add(ctx.ts, v, self.over)
+                samples.add(ctx.data_ts, v, self.over)
         if ctx.sample:
             # The window ends at the device's current time, not at its newest kept sample.
-            samples.evict(ctx.ts - self.over)
+            samples.evict(ctx.data_ts - self.over)
         return samples
 
     def dump(self, state: Any) -> Any:
@@ -224,6 +240,8 @@ class WindowCondition(_Windowed):
         self.per = parse_duration(spec.get("per", "1s"), spec.line_of("per"), "window.per")
         self.min_samples = int(spec.get("min_samples", 2 if fn == "rate" else 1))
         self.require_full = bool(spec.get("full", False))
+        self.min_coverage = parse_duration(spec.get("min_coverage", 0), spec.line_of("min_coverage"),
+                                           "window.min_coverage")
         self.where = bc.expr(spec["where"], spec.line_of("where"), "window.where") if "where" in spec else None
         flags = spec.get("valid_flags")
         self.valid_flags = frozenset(str(f) for f in flags) if flags is not None else None
@@ -238,6 +256,8 @@ class WindowCondition(_Windowed):
             return None
         if self.require_full and not samples.full(self.over):
             return None
+        if self.min_coverage and coverage_s(samples.ts) < self.min_coverage:
+            return None
         x = aggregate(self.fn, samples.ts, samples.values, self.per)
         if x is None:
             return None
@@ -246,8 +266,8 @@ class WindowCondition(_Windowed):
         return _compare(x, self.op, self.level(m, p, q), self.clear(m, p, q) if self.clear is not None else None)
 
 
-_WINDOW_KEYS: Final = {"value", "over", "fn", "per", "min_samples", "full", "where", "valid_flags", "flag_code",
-                       "above", "below", "clear_below", "clear_above", "as"}
+_WINDOW_KEYS: Final = {"value", "over", "fn", "per", "min_samples", "min_coverage", "full", "where", "valid_flags",
+                       "flag_code", "above", "below", "clear_below", "clear_above", "as"}
 
 
 @condition_type("window")
@@ -287,6 +307,8 @@ class TrendCondition(_Windowed):
         if str(spec.get("direction", "rising")) not in ("rising", "falling"):
             raise RuleError(spec.line_of("direction"), "trend.direction must be rising or falling")
         self.min_samples = int(spec.get("min_samples", 5))
+        self.min_r2 = float(spec.get("min_r2", 0.0))
+        """Least fit quality (R²) for a warning: noise around a flat level fits a line badly."""
         self.where = bc.expr(spec["where"], spec.line_of("where"), "trend.where") if "where" in spec else None
         flags = spec.get("valid_flags")
         self.valid_flags = frozenset(str(f) for f in flags) if flags is not None else None
@@ -316,6 +338,11 @@ class TrendCondition(_Windowed):
         ctx.computed[f"{self.name}_projected"] = projected
         towards = slope > 0 if self.rising else slope < 0
         reaches = projected >= limit if self.rising else projected <= limit
+        if self.min_r2 > 0 and towards and reaches:
+            syy = sum((y - my) ** 2 for y in s.values)
+            r2 = (slope * slope * sxx / syy) if syy > 0 else 1.0
+            ctx.computed[f"{self.name}_r2"] = r2
+            reaches = r2 >= self.min_r2
         last = s.values[-1]
         crossed = last >= limit if self.rising else last <= limit
         if crossed:
@@ -331,13 +358,20 @@ class TrendCondition(_Windowed):
 def build_trend(spec: Any, line: int, bc: BuildContext) -> Condition:
     """``trend: {value: a21026.ZsRtd, over: 30min, limit: limit, within: 1h}``."""
     spec = require_mapping(spec, line, "trend")
-    check_keys(spec, {"value", "over", "within", "limit", "direction", "min_samples", "where", "valid_flags",
-                      "flag_code", "as"}, {"value", "over", "within", "limit"}, "trend")
+    check_keys(spec, {"value", "over", "within", "limit", "direction", "min_samples", "min_r2", "where",
+                      "valid_flags", "flag_code", "as"}, {"value", "over", "within", "limit"}, "trend")
     return TrendCondition(spec, bc)
 
 
 class FlatlineCondition(_Windowed):
-    """A value that does not change over a whole window (a classic sign of tampered data)."""
+    """A value that does not change over a whole window (a classic sign of tampered data).
+
+    Flat means a spread within ``tolerance``, or, with a minimum variance model, a standard
+    deviation below ``max(min_stddev, min_cv * |mean|)`` (genuine analyser readings always
+    carry some noise). Only samples with a flag in ``valid_flags`` count, so maintenance or
+    calibration runs are not taken for flat data, and a window whose mean is at or below
+    ``ignore_below`` is never flat (a gas-fired unit legitimately reports 0.0 SO2 for hours).
+    """
 
     type_key = "flatline"
 
@@ -347,19 +381,33 @@ class FlatlineCondition(_Windowed):
         self.metrics = self.value.metrics
         self.over = parse_duration(spec["over"], spec.line_of("over"), "flatline.over")
         self.tolerance = float(spec.get("tolerance", 0.0))
+        self.min_stddev = float(spec["min_stddev"]) if "min_stddev" in spec else None
+        self.min_cv = float(spec["min_cv"]) if "min_cv" in spec else None
+        self.ignore_below = float(spec["ignore_below"]) if "ignore_below" in spec else None
         self.min_samples = int(spec.get("min_samples", 5))
         self.where = bc.expr(spec["where"], spec.line_of("where"), "flatline.where") if "where" in spec else None
-        self.valid_flags = None
-        self.flag_code = None
+        flags = spec.get("valid_flags")
+        self.valid_flags = frozenset(str(f) for f in flags) if flags is not None else None
+        self.flag_code = _flag_code(self.value, spec)
 
     def evaluate(self, ctx: EvalContext, slots: list[Any]) -> Signal:
-        """FIRE when a full window varies by no more than ``tolerance``; CLEAR once it moves."""
+        """FIRE when a full window varies too little; CLEAR once it moves (or sits at zero)."""
         s = self._sample(ctx, slots)
-        if len(s.values) < self.min_samples:
+        n = len(s.values)
+        if n < self.min_samples:
             return None
         spread = max(s.values) - min(s.values)
         ctx.computed["flatline_spread"] = spread
-        if spread > self.tolerance:
+        mean = sum(s.values) / n
+        if self.ignore_below is not None and mean <= self.ignore_below:
+            return CLEAR
+        if self.min_stddev is not None or self.min_cv is not None:
+            stddev = math.sqrt(sum((v - mean) ** 2 for v in s.values) / n)
+            floor = max(self.min_stddev or 0.0, (self.min_cv or 0.0) * abs(mean))
+            ctx.computed["flatline_stddev"] = stddev
+            if stddev > floor:
+                return CLEAR
+        elif spread > self.tolerance:
             return CLEAR
         # Only a window the device has covered end to end counts as flat.
         if s.ts[-1] - s.ts[0] < self.over * 0.9:
@@ -371,7 +419,8 @@ class FlatlineCondition(_Windowed):
 def build_flatline(spec: Any, line: int, bc: BuildContext) -> Condition:
     """``flatline: {value: a21026.Rtd, over: 30min, tolerance: 0.0, min_samples: 10}``."""
     spec = require_mapping(spec, line, "flatline")
-    check_keys(spec, {"value", "over", "tolerance", "min_samples", "where"}, {"value", "over"}, "flatline")
+    check_keys(spec, {"value", "over", "tolerance", "min_samples", "where", "valid_flags", "flag_code",
+                      "min_stddev", "min_cv", "ignore_below"}, {"value", "over"}, "flatline")
     return FlatlineCondition(spec, bc)
 
 
@@ -397,6 +446,11 @@ class QualityCondition(_Windowed):
         self.value = bc.expr(f"1 if flag({self.code!r}) in {tuple(sorted(self.valid))!r} else 0", spec.line,
                              "quality")
         self.name = str(spec.get("as", f"valid_{self.code}"))
+        self.minutes = str(spec.get("count", "samples")) == "minutes"
+        """Count valid *minutes*: each valid record stands for the records' typical interval (1-minute or
+        10-minute HJ 212 minute data alike), so ``min_valid_count: 45`` means HJ 75's 45 valid minutes."""
+        if str(spec.get("count", "samples")) not in ("samples", "minutes"):
+            raise RuleError(spec.line_of("count"), "quality.count must be samples or minutes")
 
     def evaluate(self, ctx: EvalContext, slots: list[Any]) -> Signal:
         """FIRE when a full window holds too few valid samples."""
@@ -408,6 +462,8 @@ class QualityCondition(_Windowed):
         if not s.full(self.over):
             return None
         valid = sum(s.values)
+        if self.minutes and valid:
+            valid = round(valid * max(coverage_s(s.ts) / len(s.ts), 60.0) / 60.0)
         ctx.computed[self.name] = valid
         ctx.computed[f"{self.name}_fraction"] = valid / len(s.values) if s.values else 0.0
         bad = (self.min_count is not None and valid < self.min_count) or (
@@ -420,5 +476,5 @@ def build_quality(spec: Any, line: int, bc: BuildContext) -> Condition:
     """``quality: {metric: a21026.Avg, over: 1h, min_valid_count: 45, valid_flags: [N]}``."""
     spec = require_mapping(spec, line, "quality")
     check_keys(spec, {"metric", "code", "over", "valid_flags", "min_valid_fraction", "min_valid_count", "where",
-                      "as"}, {"metric", "over"}, "quality")
+                      "count", "as"}, {"metric", "over"}, "quality")
     return QualityCondition(spec, bc)

@@ -41,7 +41,8 @@ REGISTRY = DeviceRegistry.from_data({
     "devices": [
         {"id": "elev-0001", "kind": "elevator", "site": "cuiyuan-3", "password": PASSWORDS["elev-0001"],
          "attributes": {"rated_speed_mps": 1.75}},
-        {"id": "elev-0002", "kind": "elevator", "site": "cuiyuan-3", "password": PASSWORDS["elev-0002"]},
+        {"id": "elev-0002", "kind": "elevator", "site": "cuiyuan-3", "password": PASSWORDS["elev-0002"],
+         "attributes": {"rated_speed_mps": 1.0}},
     ],
     "services": [
         {"name": "vigil-platform", "role": "platform", "password": PASSWORDS["vigil-platform"]},
@@ -66,13 +67,16 @@ class Stack:
     platform: Platform
     alerts: list[Message]
     dead_letters: list[Message]
+    platform_port: int = 0
+    """The platform accounts' listener (devices use ``broker_port``)."""
 
     def publish(self, device: str, topic: str, payload: bytes | str, *, user: str | None = None) -> None:
         """Publish like a field device would, with Mosquitto's own client."""
         user = user or device
         data = payload.encode() if isinstance(payload, str) else payload
+        port = self.platform_port if user == "vigil-platform" else self.broker_port
         proc = subprocess.run(
-            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.broker_port), "-q", "1", "-u", user,
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-u", user,
              "-P", PASSWORDS[user], "-i", f"pub-{device}-{time.monotonic_ns()}", "-t", topic, "-s"],
             input=data, capture_output=True, timeout=10,
         )
@@ -127,7 +131,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 @contextlib.asynccontextmanager
 async def _platform_stack(tmp_path: Path, influx: InfluxdProcess, receiver: Receiver) -> AsyncIterator[Stack]:
     with running_mosquitto(tmp_path / "mosquitto", REGISTRY) as broker:
-        mqtt_url = f"mqtt://vigil-platform:{PASSWORDS['vigil-platform']}@127.0.0.1:{broker.port}"
+        mqtt_url = broker.account_url("vigil-platform", PASSWORDS["vigil-platform"])
         config = msgspec.convert({
             "node": "e2e",
             "state_dir": str(tmp_path / "state"),
@@ -150,7 +154,7 @@ async def _platform_stack(tmp_path: Path, influx: InfluxdProcess, receiver: Rece
         platform = build_platform(config, REGISTRY)
         stop = asyncio.Event()
         task = asyncio.create_task(run_platform(platform, stop))
-        observer_url = f"mqtt://control-room:{PASSWORDS['control-room']}@127.0.0.1:{broker.port}"
+        observer_url = broker.account_url("control-room", PASSWORDS["control-room"])
         alerts: list[Message] = []
         dead: list[Message] = []
         observer = MqttClient(observer_url, "control-room-e2e", clean_start=True)
@@ -160,7 +164,7 @@ async def _platform_stack(tmp_path: Path, influx: InfluxdProcess, receiver: Rece
         await wait_for(lambda: platform.mqtt.connected, 10, "platform connection")
         await asyncio.sleep(0.3)
         try:
-            yield Stack(broker.port, influx, receiver, platform, alerts, dead)
+            yield Stack(broker.port, influx, receiver, platform, alerts, dead, broker.platform_port)
         finally:
             await observer.stop()
             stop.set()

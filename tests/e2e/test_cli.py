@@ -102,7 +102,8 @@ def test_broker_command_runs_mosquitto_from_the_registry(tmp_path: Path) -> None
         "services": [{"name": "vigil-platform", "role": "platform", "password": "pp"}],
     }))
     (tmp_path / "vigil.yaml").write_text(yaml.safe_dump({
-        "registry": "registry.yaml", "broker": {"port": port, "data_dir": "mosq"}}))
+        "registry": "registry.yaml",
+        "broker": {"port": port, "observer_port": free_port(), "platform_port": free_port(), "data_dir": "mosq"}}))
     env = {**os.environ, "VIGIL_TEST_ELEV_PW": "elev-secret"}
     proc = subprocess.Popen([*VIGIL, "broker", "--config", str(tmp_path / "vigil.yaml")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -115,7 +116,7 @@ def test_broker_command_runs_mosquitto_from_the_registry(tmp_path: Path) -> None
         assert ok.returncode == 0 and bad.returncode != 0
         acl = (tmp_path / "mosq" / "acl").read_text()
         assert "topic write vigil/v1/elevator/elev-1/telemetry" in acl
-        assert "elev-secret" not in (tmp_path / "mosq" / "passwd").read_text()
+        assert "elev-secret" not in (tmp_path / "mosq" / "passwd-field").read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)
@@ -124,7 +125,8 @@ def test_broker_command_runs_mosquitto_from_the_registry(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("argv", [["edge", "hj212", "--help"], ["edge", "jt808", "--help"],
                                   ["edge", "camera", "--help"], ["edge", "elevator", "--help"],
-                                  ["rules", "check", "--help"], ["sim", "elevator-fleet", "--help"]])
+                                  ["rules", "check", "--help"], ["sim", "elevator-fleet", "--help"],
+                                  ["sim", "elevator-box", "--help"]])
 def test_stage_commands_are_reachable(argv: list[str]) -> None:
     proc = subprocess.run([*VIGIL, *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]

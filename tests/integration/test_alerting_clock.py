@@ -210,6 +210,29 @@ async def test_deadlines_flag_and_notify_overdue(tmp_path: Path) -> None:
     svc.store.close()
 
 
+async def test_rescue_clock_runs_out_and_escalates(tmp_path: Path) -> None:
+    """A trapped-passenger alert (category rescue), acknowledged at once, still open at 30 minutes: the rescue
+    clock has run out, the alert is flagged resolve-overdue and the room and the assignee are told."""
+    import msgspec
+
+    clock, rec = Clock(), Recorder()
+    cfg = config(route=Route(name="root", receivers=["room"], group_wait_s=0, repeat_interval_s=0))
+    svc = make(tmp_path, clock, rec, cfg)
+    trapped = msgspec.structs.replace(tr("elv-9", severity=Severity.MAJOR), labels={"category": "rescue"})
+    feed(svc, trapped)
+    await svc.deliver_pending()
+    aid = next(iter(svc.open))
+    assert svc.open[aid].resolve_by == T0 + 1800  # not the 4 h of a major alert
+    svc.desk.acknowledge(aid, Actor("op", "operator"), "rescue team dispatched")
+    await step(svc, clock, T0 + 1799)
+    assert not svc.open[aid].resolve_overdue and len(rec.to("room")) == 1
+    await step(svc, clock, T0 + 1800)
+    assert svc.open[aid].resolve_overdue
+    assert len(rec.to("room")) == 2 and "超时" in rec.to("room")[1]
+    assert "resolve_overdue" in [e.action for e in svc.store.events(aid)]
+    svc.store.close()
+
+
 async def test_silence_and_inhibition_mute_but_keep_alerts(tmp_path: Path) -> None:
     clock, rec = Clock(), Recorder()
     cfg = config(route=Route(name="root", receivers=["room"], group_by=["device_id"], group_wait_s=0),

@@ -14,6 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from alerting.config import AlertingConfig, ApiConfig, Person, Receiver, Retry, Route
+from alerting.evidence import EvidenceConfig
 from alerting.inbox import NotificationInbox
 from alerting.masking import mask_url
 from alerting.sender import AppriseSender, Message
@@ -77,7 +78,9 @@ async def test_email_mqtt_and_failover_through_the_service(
         people=[Person(id="op", roles=["operator"], channels=[inbox.url("/broken"), inbox.url("/op")])],
         route=Route(name="root", receivers=["mail", "pager", "person:op"], group_wait_s=0.0),
         escalation_policies=[], inhibit_rules=[], api=ApiConfig(enabled=False),
-        retry=Retry(attempts=2, backoff_s=0.05, timeout_s=5.0))
+        retry=Retry(attempts=2, backoff_s=0.05, timeout_s=5.0),
+        # the stand-in camera agent serving snapshots is an allow-listed evidence host
+        evidence=EvidenceConfig(hosts=[f"http://127.0.0.1:{inbox.port}"]))
     pager: list[MqttMessage] = []
     listener = MqttClient(mosquitto.url, "pager-listener", clean_start=True)
     listener.subscribe("control-room/pager", pager.extend, qos=0)

@@ -31,7 +31,7 @@ def _pub(port: int, user: str, password: str, topic: str) -> subprocess.Complete
 
 async def test_devices_publish_only_under_their_own_id_and_passwords_are_checked(tmp_path: Path) -> None:
     with running_mosquitto(tmp_path / "broker", REG) as broker:
-        url = f"mqtt://vigil-platform:platform-pw@127.0.0.1:{broker.port}"
+        url = broker.account_url("vigil-platform", "platform-pw")
         got: list[Message] = []
         async with MqttClient(url, "platform-test", clean_start=True) as platform:
             platform.subscribe("vigil/v1/#", got.extend)
@@ -50,7 +50,7 @@ async def test_devices_publish_only_under_their_own_id_and_passwords_are_checked
 
 async def test_mqtt_client_reports_refused_credentials(tmp_path: Path) -> None:
     with running_mosquitto(tmp_path / "broker", REG) as broker:
-        client = MqttClient(f"mqtt://vigil-platform:wrong@127.0.0.1:{broker.port}", "bad-client")
+        client = MqttClient(broker.account_url("vigil-platform", "wrong"), "bad-client")
         with pytest.raises(MqttError, match="refused"):
             await client.start(timeout=5)
         assert "wrong" not in client.address.masked()

@@ -12,7 +12,11 @@ from broker.mosquitto import BrokerLayout, MosquittoProcess, TlsListener, free_p
 from broker.mqtt import Message, MqttClient, MqttError
 from broker.registry import DeviceRegistry
 
-REG = DeviceRegistry.from_data({"services": [{"name": "vigil-platform", "role": "platform", "password": "pw"}]})
+REG = DeviceRegistry.from_data({
+    "devices": [{"id": "elev-1", "kind": "elevator", "password": "dev-pw"}],
+    "services": [{"name": "vigil-platform", "role": "platform", "password": "pw"},
+                 {"name": "control-room", "role": "observer", "password": "cr-pw"}],
+})
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
@@ -35,28 +39,38 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
 
 async def test_tls_listener_accepts_clients_that_trust_the_ca(tmp_path: Path) -> None:
     ca, crt, key = make_certificates(tmp_path)
-    tls_port = free_port()
-    layout = BrokerLayout(data_dir=tmp_path / "broker", port=free_port(),
+    tls_port, plain_port = free_port(), free_port()
+    layout = BrokerLayout(data_dir=tmp_path / "broker", port=plain_port,
                           tls=TlsListener(tls_port, str(crt), str(key), host="127.0.0.1"))
     broker = MosquittoProcess(layout, REG)
     broker.start()
     try:
         wait_for_port("127.0.0.1", tls_port)
-        url = f"mqtts://vigil-platform:pw@127.0.0.1:{tls_port}"
+        device_url = broker.account_url("elev-1", "dev-pw")
+        observer_url = broker.account_url("control-room", "cr-pw")
+        assert device_url == f"mqtts://elev-1:dev-pw@127.0.0.1:{tls_port}"
+        assert observer_url == f"mqtts://control-room:cr-pw@127.0.0.1:{broker.observer_port}"
         got: list[Message] = []
-        async with MqttClient(url, "tls-sub", clean_start=True, ca_file=str(ca)) as sub, \
-                MqttClient(url, "tls-pub", clean_start=True, ca_file=str(ca)) as pub:
+        async with MqttClient(observer_url, "tls-sub", clean_start=True, ca_file=str(ca)) as sub, \
+                MqttClient(device_url, "tls-pub", clean_start=True, ca_file=str(ca)) as pub:
             sub.subscribe("vigil/v1/#", got.extend)
             await asyncio.sleep(0.3)
-            await pub.publish("vigil/v1/elevator/e1/telemetry", b"{}")
+            await pub.publish("vigil/v1/elevator/elev-1/telemetry", b"{}")
             for _ in range(100):
                 if got:
                     break
                 await asyncio.sleep(0.05)
-        assert [m.topic for m in got] == ["vigil/v1/elevator/e1/telemetry"]
+        assert [m.topic for m in got] == ["vigil/v1/elevator/elev-1/telemetry"]
         # Without the CA the certificate is not trusted: no connection.
-        untrusting = MqttClient(url, "tls-untrusting", clean_start=True)
+        untrusting = MqttClient(device_url, "tls-untrusting", clean_start=True)
         with pytest.raises(MqttError):
             await untrusting.start(timeout=3)
+        # With TLS configured, devices and observers have no plaintext listener beside it.
+        for port in (plain_port, broker.observer_port):
+            with pytest.raises(MqttError):
+                await MqttClient(f"mqtt://elev-1:dev-pw@127.0.0.1:{port}", "plain", clean_start=True,
+                                 backoff_max=0.5).start(timeout=2)
+        conf = (tmp_path / "broker" / "mosquitto.conf").read_text()
+        assert f"listener {plain_port} " not in conf
     finally:
         broker.stop()

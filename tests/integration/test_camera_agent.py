@@ -188,3 +188,43 @@ async def test_in_process_agent_closes_open_events_on_stop(mosquitto: Any, tmp_p
     ends = {e.event_id: e for e in events if e.state == "end"}
     assert starts and all(s.event_id in ends for s in starts)  # nothing left open
     assert seen.of("store-3", DeviceStatus)[-1].reason == "stopped"
+
+
+async def test_camera_with_only_a_source_reports_a_person_walking_in(mosquitto: Any, tmp_path: Path) -> None:
+    """No config at all: the whole frame is one zone, so the agent process reports the walker as an intrusion
+    (start and end, zone "frame", with a snapshot), and nothing on an empty scene."""
+    walker = Scene.from_dict({
+        "name": "walk-in", "size": [160, 120], "fps": 10, "duration_s": 10, "noise": 3.0, "seed": 4,
+        "figures": [{"id": "p", "size": [10, 24], "path": [[2, -12, 70], [7, 172, 75]]}],
+    })
+    video, _ = render_file(walker, tmp_path)
+    cmd = [sys.executable, "-m", "edge.camera_agent", "--source", str(video), "--camera-id", "lobby-1",
+           "--mqtt", mosquitto.url, "--workers", "0", "--evidence-dir", str(tmp_path / "ev")]
+    sub, seen = await subscriber(mosquitto.url, "camera-default-zone-sub")
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while (not any(e.state == "end" for e in seen.of("lobby-1", DeviceEvent))
+               and time.monotonic() < deadline and proc.poll() is None):
+            await asyncio.sleep(0.1)
+        proc.wait(timeout=30)
+        await asyncio.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await sub.stop()
+    events = seen.of("lobby-1", DeviceEvent)
+    starts = [e for e in events if e.state == "start"]
+    assert [e.type for e in starts] == ["intrusion"], events
+    assert starts[0].zone == "frame"
+    assert starts[0].snapshot_url
+    assert any(e.state == "end" and e.event_id == starts[0].event_id for e in events)
+
+    # The same camera on a scene with nobody in it stays quiet.
+    empty = Scene.from_dict({"name": "empty", "size": [160, 120], "fps": 10, "duration_s": 10, "noise": 3.0,
+                             "seed": 4, "figures": []})
+    quiet_video, _ = render_file(empty, tmp_path / "empty")
+    outputs = analyse_file(camera_from_dict({"id": "lobby-1", "source": str(quiet_video)}))
+    assert events_of(outputs) == []
+    assert events_of(analyse_file(camera_from_dict({"id": "lobby-1", "source": str(video)})))

@@ -99,7 +99,7 @@ async def test_sessions_csrf_origin_and_lockout(stack: ConsoleStack) -> None:
         status, sess = await call(http, "GET", f"{stack.url}/api/session")
         assert status == 200 and sess["user"] == "op-wang" and sess["csrf"] == csrf
         assert sess["permissions"] == {"alert.handle": True, "silence.create": True, "roster.edit": False,
-                                       "audit.view": False}
+                                       "audit.view": False, "maintenance.edit": False}
         aid = await raise_alert(stack)
         url = f"{stack.url}/api/alerts/{aid}/comment"
         assert (await call(http, "POST", url, None, {"text": "x"}))[0] == 403

@@ -219,7 +219,7 @@ async def test_credentials_acl_refusal_counted_and_queue_not_blocked(tmp_path: P
     with running_mosquitto(tmp_path / "broker", registry) as broker:
         url = f"mqtt://127.0.0.1:{broker.port}"
         got: list[Message] = []
-        platform = MqttClient(f"mqtt://vigil-platform:platform-pw@127.0.0.1:{broker.port}", "platform-watch",
+        platform = MqttClient(broker.account_url("vigil-platform", "platform-pw"), "platform-watch",
                               clean_start=True)
         platform.subscribe("vigil/v1/elevator/+/telemetry", got.extend)
         await platform.start()

@@ -151,8 +151,7 @@ def _key(t: Telemetry) -> tuple[str, str]:
 
 
 async def test_jt808_gateway_keeps_every_position_across_a_broker_outage(mosquitto: MosquittoProcess,
-                                                                        tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setenv("VIGIL_JT808_AUTH_SECRET", "store-forward-test")
+                                                                        tmp_path: Path) -> None:
     data_dir = tmp_path / "jt808-outbox"
     args = build_parser().parse_args(["--listen", "127.0.0.1:0", "--mqtt", mosquitto.url, "--accept-unknown-devices",
                                       "--data-dir", str(data_dir), "--gateway-name", "jt808-test"])

@@ -25,7 +25,7 @@ from broker.mqtt import Message, MqttClient
 from edge.jt808.codec import FrameSplitter, decode_frame, encode_frame
 from edge.jt808.gateway import GatewayLimits, Jt808Gateway, build_parser, serve
 from edge.jt808.messages import MsgId, RegisterResult, build_location, parse_general_reply, parse_register_reply
-from edge.jt808.session import STAGE, AuthCodeIssuer, Jt808Platform, StaticTerminalRegistry
+from edge.jt808.session import STAGE, Jt808Platform, StaticTerminalRegistry
 from simulators.jt808_terminal import AREA, EMERGENCY, OVERSPEED, drive, load_scenario, plan, run_scenario
 
 HAZMAT = "simulators/scenarios/jt808_hazmat.yaml"
@@ -82,7 +82,7 @@ async def start_rig(mosquitto: MosquittoProcess, known: set[str], limits: Gatewa
         observer.subscribe(device_filter("status", "vehicle"), inbox.on_device)
         observer.subscribe(dead_letter_topic(STAGE), inbox.on_dead)
         await asyncio.sleep(0.3)  # subscriptions in place before anything is published
-        platform = Jt808Platform(StaticTerminalRegistry(frozenset(known)), AuthCodeIssuer(b"integration"))
+        platform = Jt808Platform(StaticTerminalRegistry(frozenset(known)))
 
         async def dead_letter(letter: object) -> None:
             await mqtt.publish(dead_letter_topic(STAGE), encode(letter))  # type: ignore[arg-type]
@@ -235,13 +235,20 @@ async def test_a_slow_broker_pauses_terminals_instead_of_queueing_without_bound(
         await release.wait()
         published.append(topic)
 
-    platform = Jt808Platform(StaticTerminalRegistry(frozenset({"13800138000"})), AuthCodeIssuer(b"k"))
+    platform = Jt808Platform(StaticTerminalRegistry(frozenset({"13800138000"})))
     limits = GatewayLimits(queue_limit=200, read_size=4096)
     gateway = Jt808Gateway(platform, slow_publish, limits=limits)
     host, port = await gateway.start("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection(host, port)
-        writer.write(encode_frame(MsgId.AUTHENTICATE, "13800138000", 1, platform.auth.issue("13800138000").encode()))
+        writer.write(encode_frame(MsgId.REGISTER, "13800138000", 0, bytes(37)))
+        code = ""
+        async with asyncio.timeout(5):
+            while not code:
+                for item in FrameSplitter().feed(await reader.read(4096)):
+                    if isinstance(item, bytes) and decode_frame(item).header.msg_id == MsgId.REGISTER_REPLY:
+                        code = parse_register_reply(decode_frame(item).body).auth_code
+        writer.write(encode_frame(MsgId.AUTHENTICATE, "13800138000", 1, code.encode()))
         report = load_scenario(HAZMAT)
         ticks = [t.report for t in drive(report, plan(report)[0])][:300]
         stream = b"".join(encode_frame(MsgId.LOCATION, "13800138000", i + 2, build_location(r))
@@ -279,9 +286,7 @@ async def test_stopping_the_gateway_reports_its_terminals_offline(mosquitto: Mos
             [(True, "authenticated"), (False, "gateway stopped")]
 
 
-async def test_the_cli_entry_serves_terminals_into_mqtt(mosquitto: MosquittoProcess,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VIGIL_JT808_AUTH_SECRET", "cli-test")
+async def test_the_cli_entry_serves_terminals_into_mqtt(mosquitto: MosquittoProcess) -> None:
     args = build_parser().parse_args(["--listen", "127.0.0.1:0", "--mqtt", mosquitto.url, "--accept-unknown-devices",
                                       "--client-id", "jt808-cli-test"])
     inbox = Inbox()

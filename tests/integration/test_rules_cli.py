@@ -50,6 +50,13 @@ def test_rule_tests_pass_and_fail(tmp_path: Path) -> None:
     assert "FAIL" in text and "wrong time" in text and "at 1s" in text
 
 
+def _registry(tmp_path: Path, elevator: str) -> str:
+    path = tmp_path / "registry.yaml"
+    path.write_text(f"devices:\n  - {{id: {elevator}, kind: elevator, attributes: {{rated_speed_mps: 1.75}}}}\n",
+                    encoding="utf-8")
+    return str(path)
+
+
 def _record(lines: list[dict[str, Any]], path: Path) -> None:
     path.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n", encoding="utf-8")
 
@@ -66,7 +73,9 @@ def test_replay_a_recorded_mqtt_file(tmp_path: Path) -> None:
     recs.append({"topic": "vigil/v1/elevator/el-9/telemetry", "payload": "{broken", "ts": 0})
     path = tmp_path / "rec.jsonl"
     _record(recs, path)
-    code, text = run(cli.replay, [str(PACKS_DIR / "elevator.yaml")], mqtt_file=str(path))
+    # The overspeed rule needs the lift's rated speed from the registry (no guessed default).
+    registry = _registry(tmp_path, "el-9")
+    code, text = run(cli.replay, [str(PACKS_DIR / "elevator.yaml")], mqtt_file=str(path), registry=registry)
     assert code == 0, text
     lines = text.strip().splitlines()
     assert lines[0].startswith("2026-11-26T06:00:03.000Z  FIRING   critical elevator_overspeed")
@@ -74,7 +83,8 @@ def test_replay_a_recorded_mqtt_file(tmp_path: Path) -> None:
     assert lines[2].startswith("2026-11-26T06:00:05.000Z  FIRING   critical elevator_trapped_passenger")
     assert "6 messages replayed, 1 refused {'malformed_json': 1}: 2 alerts fired, 1 resolved, 1 still firing" \
         in lines[-1]
-    code, text = run(cli.replay, [str(PACKS_DIR / "elevator.yaml")], mqtt_file=str(path), as_json=True)
+    code, text = run(cli.replay, [str(PACKS_DIR / "elevator.yaml")], mqtt_file=str(path), as_json=True,
+                     registry=registry)
     assert [json.loads(t)["status"] for t in text.splitlines()] == ["firing", "resolved", "firing"]
 
 
@@ -100,7 +110,7 @@ def test_replay_from_influxdb(influxdb: Any, tmp_path: Path) -> None:
         assert resp.status == 204
     code, text = run(cli.replay, [str(PACKS_DIR / "elevator.yaml")], influx_url=influxdb.url,
                      influx_db=influxdb.database, since="2026-11-26T05:00:00Z", until="2026-11-26T07:00:00Z",
-                     kinds=["elevator"])
+                     kinds=["elevator"], registry=_registry(tmp_path, "el-7"))
     assert code == 0, text
     got = [line.split()[:4] for line in text.strip().splitlines()[:-1]]
     assert got == [["2026-11-26T06:00:03.000Z", "FIRING", "critical", "elevator_overspeed"],

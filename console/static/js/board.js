@@ -1,5 +1,5 @@
 // The live alert board: server-side filtering and paging, live updates, actions from the list.
-import { fmtDur, fmtTime, sev, st, summaryOf, t, toEpoch } from "./i18n.js";
+import { fmtDur, fmtTime, industryLabel, kindLabel, label, sev, st, summaryOf, t, toEpoch } from "./i18n.js";
 import { api, ask, debounce, h, qs, session, sevBadge, toast } from "./util.js";
 
 const state = { status: "open", industry: "", site: "", severity: "", unit: "", kind: "", q: "", sort: "newest", offset: 0,
@@ -47,10 +47,10 @@ function renderFilters() {
     name: "q", oninput: debounce((e) => { state.q = e.target.value; state.offset = 0; load(false); }, 300) });
   el.replaceChildren(
     select("severity", ["critical", "major", "warning", "info"].map((s) => [s, sev(s) + (f.severity && f.severity[s] ? ` (${f.severity[s]})` : "")])),
-    select("industry", opts("industry")),
+    select("industry", opts("industry", industryLabel)),
     select("site", opts("site", siteName)),
     select("unit", opts("unit")),
-    select("kind", opts("kind")),
+    select("kind", opts("kind", kindLabel)),
     search,
     h("select", { name: "sort", onchange: (e) => { state.sort = e.target.value; load(false); } },
       ["newest", "oldest", "severity", "deadline"].map((s) => h("option", { value: s, selected: state.sort === s }, t("sort_" + s)))),
@@ -125,6 +125,12 @@ export function actionButtons(a, after) {
       if (v) run("silence", { ...v, duration_min: Number(v.duration_min) });
     } }, t("silence")));
   }
+  if (a.kind === "vehicle" && a.status !== "resolved") {
+    out.push(h("button", { class: "act-driver-text", onclick: async () => {
+      const v = await ask(t("driver_text"), [{ name: "text", label: t("text"), type: "textarea", required: true }]);
+      if (v && v.text.trim()) run("driver_text", v);
+    } }, t("driver_text")));
+  }
   out.push(h("button", { class: "act-comment", onclick: async () => {
     const v = await ask(t("comment"), [{ name: "text", label: t("text"), type: "textarea", required: true }]);
     if (v && v.text.trim()) run("comment", v);
@@ -136,7 +142,7 @@ function row(a) {
   const siteName = (session.sites.find((s) => s.id === a.site) || {}).name || a.site || "";
   const tr = h("tr", { class: `sev-row-${a.severity} st-${a.status}${fresh.has(a.id) ? " fresh" : ""}`, dataset: { id: a.id } },
     h("td", {}, sevBadge(a.severity, sev(a.severity))),
-    h("td", {}, h("span", { class: "st st-" + a.status }, st(a.status)), a.muted ? h("span", { class: "muted-tag", title: a.muted.kind }, " " + t("silence")) : null),
+    h("td", {}, h("span", { class: "st st-" + a.status }, st(a.status)), a.muted ? h("span", { class: "muted-tag", title: `${t("muted")}: ${label("mute", a.muted.kind)} ${a.muted.id}` }, " " + label("mute", a.muted.kind)) : null),
     h("td", { class: "time" }, fmtTime(a.starts_at)),
     h("td", { class: "summary" }, h("a", { href: "#/alert/" + encodeURIComponent(a.id) }, summaryOf(a))),
     h("td", {}, h("a", { href: "#/device/" + encodeURIComponent(a.device_id) }, a.device_id)),

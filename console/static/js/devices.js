@@ -1,5 +1,5 @@
 // Devices: the registry with live state; one device's values, chart and alert history.
-import { fmtTime, sev, st, summaryOf, t } from "./i18n.js";
+import { fmtTime, kindLabel, label, sev, st, summaryOf, t } from "./i18n.js";
 import { api, debounce, h, qs, session, sevBadge } from "./util.js";
 import { legend, lineChart } from "./charts.js";
 
@@ -16,7 +16,7 @@ function row(d) {
   return h("tr", { dataset: { id: d.id }, class: d.online ? "on" : "off" },
     h("td", {}, h("span", { class: "dot " + (d.online ? "on" : "off"), title: d.online ? t("online") : t("offline") }), " ", d.online ? t("online") : t("offline")),
     h("td", {}, h("a", { href: "#/device/" + encodeURIComponent(d.id) }, d.id)),
-    h("td", {}, d.name), h("td", {}, d.kind), h("td", {}, d.site_name || d.site || ""),
+    h("td", {}, d.name), h("td", { title: d.kind }, kindLabel(d.kind)), h("td", {}, d.site_name || d.site || ""),
     h("td", { class: "time" }, fmtTime(d.last_seen)),
     h("td", { class: "values" }, valuesText(d.values)),
     h("td", {}, d.open_alerts ? sevBadge(d.worst_severity, `${d.open_alerts}`) : ""));
@@ -34,7 +34,7 @@ export async function render(el) {
   summary = h("div", { class: "summary-line", id: "devices-summary" });
   body = h("tbody", { id: "device-rows" });
   root.append(h("div", { class: "toolbar" },
-    sel("kind", ["elevator", "vehicle", "emission", "camera", "sensor"].map((k) => [k, k])),
+    sel("kind", ["elevator", "vehicle", "emission", "camera", "sensor", "vigil"].map((k) => [k, kindLabel(k)])),
     sel("site", session.sites.map((s) => [s.id, s.name || s.id])),
     sel("online", [["true", t("online")], ["false", t("offline")]]),
     h("input", { type: "search", placeholder: t("search"), value: filt.q, oninput: debounce((e) => { filt.q = e.target.value; load(); }, 300) })),
@@ -54,7 +54,7 @@ async function loadDetail() {
   if (!dRoot) return;
   const dev = d.device;
   const values = h("table", { class: "kv" }, Object.entries(dev.values).map(([k, v]) => h("tr", {}, h("th", {}, k),
-    h("td", {}, num(v), d.quality && d.quality[k.split(".")[0]] ? ` [${d.quality[k.split(".")[0]]}]` : ""))));
+    h("td", {}, num(v), d.quality && d.quality[k.split(".")[0]] ? ` [${label("q", d.quality[k.split(".")[0]])}]` : ""))));
   const chart = h("div", { class: "chart-holder" });
   const windows = [[900, "15 min"], [3600, "1 h"], [6 * 3600, "6 h"], [86400, "24 h"], [7 * 86400, "7 d"]];
   const history = h("table", { class: "grid" }, h("thead", {}, h("tr", {}, [t("severity"), t("status"), t("started"), t("summary")].map((c) => h("th", {}, c)))),
@@ -62,7 +62,7 @@ async function loadDetail() {
       h("td", {}, fmtTime(a.starts_at)), h("td", {}, h("a", { href: "#/alert/" + encodeURIComponent(a.id) }, summaryOf(a)))))));
   dRoot.replaceChildren(
     h("div", { class: "detail-head" }, h("h2", {}, `${dev.id} ${dev.name}`),
-      h("div", { class: "meta" }, `${dev.kind} · ${dev.site_name || dev.site || ""} · ${dev.online ? t("online") : t("offline")} · ${t("last_seen")}: ${fmtTime(dev.last_seen)}`)),
+      h("div", { class: "meta" }, `${kindLabel(dev.kind)} · ${dev.site_name || dev.site || ""} · ${dev.online ? t("online") : t("offline")} · ${t("last_seen")}: ${fmtTime(dev.last_seen)}`)),
     h("div", { class: "detail-grid" },
       h("section", { class: "card" }, h("h3", {}, t("values")), values),
       h("section", { class: "card wide" }, h("h3", {}, t("chart")), h("div", { class: "chart-tools" }, `${t("window")}: `,
@@ -81,7 +81,7 @@ async function loadDetail() {
     metric = plain.find(varies) || plain[0] || list[0];
   }
   const sel = h("select", { onchange: (e) => { metric = e.target.value; paint(); } }, list.map((m) => h("option", { value: m, selected: m === metric }, m)));
-  const paint = () => chart.replaceChildren(h("div", { class: "chart-tools" }, `${t("metric")}: `, sel, ` · ${series.points.length} pts · ${series.source}`),
+  const paint = () => chart.replaceChildren(h("div", { class: "chart-tools" }, `${t("metric")}: `, sel, ` · ${series.points.length} pts · ${label("src", series.source)}`),
     lineChart(series.points, [metric], { width: Math.max(480, chart.clientWidth), height: 240 }), legend([metric]));
   paint();
 }

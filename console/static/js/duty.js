@@ -1,5 +1,5 @@
 // Duty: who is on duty now, the rosters' next shifts, cover (overrides), escalations in progress.
-import { fmtTime, sev, summaryOf, t } from "./i18n.js";
+import { fmtTime, roleLabel, sev, summaryOf, t } from "./i18n.js";
 import { api, ask, h, session, sevBadge, toast } from "./util.js";
 
 let root = null;
@@ -11,12 +11,12 @@ async function load() {
   const person = (id) => (d.people.find((p) => p.id === id) || {}).name || id;
   const onDuty = h("section", { class: "card", id: "on-duty" }, h("h3", {}, t("on_duty_now")),
     d.on_duty.length ? h("table", { class: "grid" }, h("thead", {}, h("tr", {}, [t("unit"), t("role"), t("person"), t("from"), t("to")].map((c) => h("th", {}, c)))),
-      h("tbody", {}, d.on_duty.map((s) => h("tr", {}, h("td", {}, s.unit || "—"), h("td", {}, s.role), h("td", {}, h("b", {}, s.name), s.override ? " *" : ""),
+      h("tbody", {}, d.on_duty.map((s) => h("tr", {}, h("td", {}, s.unit || "—"), h("td", {}, roleLabel(s.role)), h("td", {}, h("b", {}, s.name), s.override ? " *" : ""),
         h("td", {}, local(s.starts_at)), h("td", {}, local(s.ends_at))))))
       : h("p", { class: "hint" }, t("no_data")));
   const rosters = h("section", { class: "card wide" }, h("h3", {}, t("rosters")),
     h("table", { class: "grid" }, h("thead", {}, h("tr", {}, [t("roster"), t("unit"), t("role"), t("members"), t("upcoming")].map((c) => h("th", {}, c)))),
-      h("tbody", {}, d.rosters.map((r) => h("tr", {}, h("td", {}, r.name), h("td", {}, r.unit || "—"), h("td", {}, r.role),
+      h("tbody", {}, d.rosters.map((r) => h("tr", {}, h("td", {}, r.name), h("td", {}, r.unit || "—"), h("td", {}, roleLabel(r.role)),
         h("td", {}, r.members.map(person).join(", ")),
         h("td", {}, h("ol", { class: "shifts" }, r.upcoming.map((u) => h("li", {}, `${local(u.starts_at)} – ${local(u.ends_at)}: `, h("b", {}, u.name), u.override ? " *" : "")))))))));
   const canEdit = session.permissions["roster.edit"];

@@ -1,5 +1,5 @@
 // The console's shell: login, navigation, server push, the critical banner and its sound.
-import { fmtTime, getLocale, setLocale, setup, summaryOf, t, toEpoch } from "./i18n.js";
+import { fmtTime, getLocale, roleLabel, setLocale, setup, summaryOf, t, toEpoch } from "./i18n.js";
 import { api, h, session, toast } from "./util.js";
 import * as boardView from "./board.js";
 import * as alertView from "./alert.js";
@@ -149,6 +149,7 @@ function translateStatic() {
   document.getElementById("lang").textContent = getLocale() === "zh" ? "EN" : "中文";
   document.getElementById("login-lang").textContent = getLocale() === "zh" ? "English" : "中文";
   document.documentElement.lang = getLocale() === "zh" ? "zh-CN" : "en";
+  if (session.user) document.getElementById("whoami").textContent = `${session.user} (${roleLabel(session.role)}${session.unit ? " · " + session.unit : ""})`;
   updateSoundButton();
 }
 
@@ -167,8 +168,9 @@ function start(s) {
   document.getElementById("app").hidden = false;
   document.getElementById("brand").textContent = s.config.title;
   document.getElementById("login-title").textContent = s.config.title;
-  document.getElementById("whoami").textContent = `${s.user} (${s.role}${s.unit ? " · " + s.unit : ""})`;
+  document.getElementById("whoami").textContent = `${s.user} (${roleLabel(s.role)}${s.unit ? " · " + s.unit : ""})`;
   document.getElementById("nav-audit").hidden = !s.permissions["audit.view"];
+  document.getElementById("nav-workorders").hidden = !(s.workorders && s.workorders.centre);
   translateStatic();
   connect();
   route();

@@ -1,6 +1,6 @@
 // The offline map: vector layers of the configured area, sites, devices, vehicle tracks, geofences,
 // routes and alert markers, drawn in SVG with a Web-Mercator projection; drag to pan, wheel to zoom.
-import { fmtTime, sev, summaryOf, t } from "./i18n.js";
+import { fmtTime, kindLabel, sev, summaryOf, t } from "./i18n.js";
 import { api, debounce, h, s, session } from "./util.js";
 
 const W = 1000;
@@ -41,6 +41,15 @@ export function drawMap(d, opts = {}) {
     }
     g.append(lg);
   }
+  // Work-order grids (网格) with their open cases; red when one of them is past a deadline.
+  if (show.layers) for (const gr of d.grids || []) {
+    g.append(s("polygon", { points: gr.coordinates.map(pt).join(" "), class: "grid-area" + (gr.overdue_cases ? " overdue" : ""),
+      fill: "none", stroke: gr.overdue_cases ? "#ff5252" : "#8ab4f8", "stroke-dasharray": "6 4", "data-grid": gr.id },
+    s("title", {}, `${gr.name} (${gr.id})`)));
+    const north = Math.max(...gr.coordinates.map((c) => c[1]));  // the label sits above the outline, clear of sites
+    g.append(s("text", { x: p.x(gr.centre[0]), y: p.y(north) - 5 * scale, class: "grid-label", "text-anchor": "middle",
+      fill: gr.overdue_cases ? "#ff8a80" : "#8ab4f8", "font-size": 12 * scale }, `${gr.name} · ${gr.open_cases}`));
+  }
   if (show.geofences) for (const f of d.geofences) g.append(s("polygon", { points: f.coordinates.map(pt).join(" "), class: "geofence", stroke: f.color || "#ff5252" }, s("title", {}, f.name)));
   if (show.routes) for (const f of d.routes) g.append(s("polyline", { points: f.coordinates.map(pt).join(" "), class: "route", stroke: f.color || "#69f0ae" }, s("title", {}, f.name)));
   if (show.tracks) for (const [id, tr] of Object.entries(d.tracks)) g.append(s("polyline", { points: tr.map(pt).join(" "), class: "track", "data-id": id }));
@@ -52,9 +61,10 @@ export function drawMap(d, opts = {}) {
   if (show.devices) for (const dev of d.devices) {
     const [x, y] = [p.x(dev.position[0]), p.y(dev.position[1])];
     const cls = `device ${dev.online ? "on" : "off"} ${dev.worst_severity ? "sev-" + dev.worst_severity : ""} ${opts.focus === dev.id ? "focus" : ""}`;
+    // Vehicles point along their heading; safety sensors (gas detectors, tanks, stores) are diamonds.
     const shape = dev.kind === "vehicle"
       ? s("path", { d: "M0,-8 L6,7 L0,3 L-6,7 Z", transform: `rotate(${dev.heading_deg || 0})` })
-      : s("circle", { r: 5 });
+      : dev.kind === "sensor" ? s("path", { d: "M0,-6 L6,0 L0,6 L-6,0 Z" }) : s("circle", { r: 5 });
     const node = s("g", { class: cls, transform: `translate(${x},${y}) scale(${scale})`, "data-id": dev.id,
       onclick: (ev) => { ev.stopPropagation(); if (opts.onDevice) opts.onDevice(dev); } }, shape, s("title", {}, `${dev.id} ${dev.name || ""}`));
     g.append(node);
@@ -108,6 +118,7 @@ function showInfo(dev) {
   info.hidden = false;
   info.replaceChildren(
     h("strong", {}, h("a", { href: "#/device/" + encodeURIComponent(dev.id) }, dev.id), " ", dev.name || ""),
+    h("div", {}, kindLabel(dev.kind)),
     h("div", {}, `${dev.online ? t("online") : t("offline")} · ${t("last_seen")}: ${fmtTime(dev.last_seen)}`),
     dev.speed_kmh !== undefined && dev.speed_kmh !== null ? h("div", {}, `${dev.speed_kmh} km/h`) : null,
     dev.open_alerts ? h("div", { class: "sev-" + dev.worst_severity }, `${t("open_alerts")}: ${dev.open_alerts}`) : null);

@@ -144,3 +144,26 @@ def test_contract_conversion() -> None:
 def test_alert_ids_are_unique_and_time_ordered() -> None:
     ids = [lc.new_alert_id(T0 + i) for i in range(100)]
     assert len(set(ids)) == 100 and ids == sorted(ids)
+
+
+def test_rescue_category_runs_the_rescue_clock_whatever_the_severity() -> None:
+    """Trapped passengers (rule label category=rescue): resolve-by is the 30-minute rescue clock, also for a
+    major alarm-button alert whose severity alone would allow 4 hours; a city can set its own clock."""
+    import msgspec
+
+    from alerting.config import CategoryDeadline
+
+    button = msgspec.structs.replace(tr("firing", T0, Severity.MAJOR), labels={"category": "rescue"})
+    out = lc.apply_transition(None, None, button, T0, new_id="r1", deadlines=D, reopen_window_s=300)
+    assert out.record is not None
+    assert (out.record.ack_by, out.record.resolve_by) == (T0 + 300, T0 + 1800)
+    strict = Deadlines(categories={"rescue": CategoryDeadline(ack_s=30.0, resolve_s=1200.0)})
+    out = lc.apply_transition(None, None, button, T0, new_id="r2", deadlines=strict, reopen_window_s=300)
+    assert out.record is not None and (out.record.ack_by, out.record.resolve_by) == (T0 + 30, T0 + 1200)
+    # A severity change keeps the category's clock.
+    changed, _ = lc.change_severity(out.record, "operator", T0 + 60, Severity.CRITICAL, "confirmed trapped", strict)
+    assert changed.resolve_by == T0 + 1200
+    # Other categories follow the severity table.
+    other = msgspec.structs.replace(tr("firing", T0, Severity.MAJOR), labels={"category": "fault"})
+    out = lc.apply_transition(None, None, other, T0, new_id="r3", deadlines=D, reopen_window_s=300)
+    assert out.record is not None and out.record.resolve_by == T0 + 4 * 3600

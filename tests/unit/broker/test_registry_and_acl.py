@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.mosquitto import acl_file, hash_password, password_file, verify_password
+from broker.mosquitto import PBKDF2_ITERATIONS, acl_file, hash_password, password_file, verify_password
 from broker.registry import DeviceRegistry, RegistryError
 
 REG = {
@@ -24,7 +24,8 @@ REG = {
 
 def test_hash_matches_mosquitto_format_and_verifies() -> None:
     h = hash_password("secret")
-    assert h.startswith("$7$101$") and verify_password("secret", h) and not verify_password("nope", h)
+    assert h.startswith(f"$7${PBKDF2_ITERATIONS}$") and PBKDF2_ITERATIONS >= 100_000
+    assert verify_password("secret", h) and not verify_password("nope", h)
     # A hash written by mosquitto_passwd 2.0.11 for "secret".
     known = ("$7$101$zHPNeDFPwu/EoQ1O$qe+0rESK0GfSoJt1rocH7hRbXZeIZ1tKo9pTkBd4Iz/VmcLZKy6nwT3NDbx6eXfcyFH7gvLxe"
              "prrgfDnIOUjKA==")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from alerting.access import digest
 from alerting.config import User
 from console.auth import LoginThrottle, SessionBook, accounts_from, allowed, check_login, csrf_ok
 
@@ -15,8 +16,9 @@ USERS = [User(name="op", role="operator", token="op-token", unit="市场监管�
 def test_accounts_take_tokens_inline_or_from_the_environment() -> None:
     accts = accounts_from(USERS, env={"LEAD_TOKEN": "lead-secret"})
     assert sorted(accts) == ["lead", "op"]
-    assert accts["lead"].token == "lead-secret" and accts["op"].unit == "市场监管局"
-    assert "lead-secret" not in repr(accts["lead"])
+    # Only the digest is kept (a memory dump or repr does not reveal the token).
+    assert accts["lead"].token_digest == digest("lead-secret") and accts["op"].unit == "市场监管局"
+    assert "lead-secret" not in repr(accts["lead"]) and not hasattr(accts["lead"], "token")
 
 
 def test_check_login() -> None:
@@ -58,12 +60,24 @@ def test_csrf() -> None:
 
 
 def test_login_throttle_window() -> None:
-    th = LoginThrottle(max_failures=3, window_s=60)
+    th = LoginThrottle(max_failures=3, window_s=60, max_global=100)
     for t in (0.0, 1.0, 2.0):
-        assert not th.blocked("10.0.0.1", t)
-        th.failed("10.0.0.1", t)
-    assert th.blocked("10.0.0.1", 3.0) and not th.blocked("10.0.0.2", 3.0)
-    assert not th.blocked("10.0.0.1", 61.5)  # the first failure left the window
-    th.failed("10.0.0.1", 62.0)
-    th.succeeded("10.0.0.1")
-    assert not th.blocked("10.0.0.1", 62.0)
+        assert not th.blocked("op", "10.0.0.1", t)
+        th.failed("op", "10.0.0.1", t)
+    assert th.blocked("op", "10.0.0.1", 3.0) == "user"
+    # another address, or another user behind the same address (one proxy), is not locked out
+    assert not th.blocked("op", "10.0.0.2", 3.0) and not th.blocked("lead", "10.0.0.1", 3.0)
+    assert not th.blocked("op", "10.0.0.1", 61.5)  # the first failure left the window
+    th.failed("op", "10.0.0.1", 62.0)
+    th.succeeded("lead", "10.0.0.1")  # a success of another user from that address clears nothing
+    assert th.failures[("op", "10.0.0.1")]
+    th.succeeded("op", "10.0.0.1")
+    assert not th.blocked("op", "10.0.0.1", 62.0)
+
+
+def test_global_limit_stops_a_guess_spread_over_addresses() -> None:
+    th = LoginThrottle(max_failures=3, window_s=60, max_global=10)
+    for i in range(10):
+        th.failed("op", f"10.0.1.{i}", 1.0)
+    assert th.blocked("lead", "10.9.9.9", 2.0) == "global"
+    assert not th.blocked("lead", "10.9.9.9", 61.5)

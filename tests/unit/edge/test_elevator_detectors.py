@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgspec
 import pytest
 
 from edge.elevator.detectors import (
+    AlarmButtonDetector,
     Detector,
     DetectorThresholds,
     DoorFaultDetector,
+    DoorLockBypassDetector,
     EventChange,
     FloorPositionLostDetector,
     MovingWithDoorOpenDetector,
@@ -20,6 +23,7 @@ from edge.elevator.detectors import (
     SafetyCircuitDetector,
     StoppedOutsideDoorZoneDetector,
     TrappedPassengerDetector,
+    UnintendedMovementDetector,
     default_detectors,
 )
 from edge.elevator.signals import ElevatorGeometry, ElevatorSignals
@@ -30,7 +34,7 @@ IDLE = ElevatorSignals(position_m=0.0, speed_mps=0.0, direction="stopped", door=
                        occupancy=0, load_kg=0.0, power="mains", mode="normal", safety_circuit_ok=True)
 CATALOGUE = {"trapped_passenger", "moving_with_door_open", "stopped_outside_door_zone", "overtravel_top",
              "overtravel_bottom", "overspeed", "power_lost", "door_fail_open", "door_fail_close",
-             "safety_circuit_open", "floor_position_lost"}
+             "safety_circuit_open", "floor_position_lost", "alarm_button", "unintended_movement"}
 
 
 def sig(**kw: Any) -> ElevatorSignals:
@@ -59,6 +63,8 @@ def brief(changes: list[EventChange]) -> list[tuple[str, str, float]]:
 def test_every_detector_emits_only_catalogue_types() -> None:
     types = {t for d in default_detectors(G, T) for t in d.event_types}
     assert types == CATALOGUE
+    wired = msgspec.structs.replace(G, door_locks_in_safety_circuit=True)
+    assert {t for d in default_detectors(wired, T) for t in d.event_types} == CATALOGUE | {"door_lock_bypass_suspected"}
 
 
 # ---------------------------------------------------------------- trapped passengers
@@ -207,3 +213,45 @@ def test_thresholds_are_settings() -> None:
     stuck = sig(position_m=4.5, door_zone=False, floor=2, occupancy=1)
     changes = run(TrappedPassengerDetector(quick), [(0, MOVING), (1, stuck), (5, stuck)])
     assert brief(changes) == [("trapped_passenger", "start", 3.0)]
+
+
+# ---------------------------------------------------------------- alarm button, UCM, door-lock bypass
+
+def test_alarm_button_held_is_a_call_a_brush_is_not() -> None:
+    pressed = sig(alarm_button=True, occupancy=1)
+    assert run(AlarmButtonDetector(T), [(0, IDLE), (1, pressed), (1.3, IDLE), (20, IDLE)]) == []
+    changes = run(AlarmButtonDetector(T), [(0, IDLE), (1, pressed), (4, IDLE), (30, IDLE)])
+    assert brief(changes) == [("alarm_button", "start", 1.5), ("alarm_button", "end", 14.0)]
+    assert changes[0].data["occupancy"] == 1
+
+
+def test_alarm_button_tests_during_inspection_are_suppressed() -> None:
+    assert "inspection" in AlarmButtonDetector.suppressed_in
+
+
+def test_unintended_movement_from_the_landing_with_the_door_open() -> None:
+    opening = sig(position_m=3.0, door="opening", floor=2)
+    creeping = [(1 + i * 0.5, sig(position_m=3.0 + 0.05 * i, speed_mps=0.1, direction="up", door="open",
+                                  door_zone=i < 3, floor=2)) for i in range(10)]
+    changes = run(UnintendedMovementDetector(T), [(0, sig(position_m=3.0, floor=2)), (0.5, opening), *creeping,
+                                                  (7, sig(position_m=3.45, floor=2, door="closed", door_zone=False))])
+    assert [(c.type, c.state) for c in changes] == [("unintended_movement", "start"), ("unintended_movement", "end")]
+    assert changes[0].severity.value == "critical" and changes[0].data["from_m"] == 3.0
+    assert changes[0].data["moved_m"] > T.ucm_distance_m
+
+
+def test_releveling_with_the_door_open_is_not_unintended_movement() -> None:
+    relevel = [(1 + i * 0.2, sig(position_m=3.0 - 0.02 * (i % 4), speed_mps=0.05, door="open", floor=2))
+               for i in range(20)]
+    assert run(UnintendedMovementDetector(T), [(0, sig(position_m=3.0, floor=2, door="opening")), *relevel,
+                                               (6, sig(position_m=3.0, floor=2))]) == []
+    # A normal trip: door closed before the car leaves.
+    assert run(UnintendedMovementDetector(T), [(0, sig(door="open")), (1, IDLE), (2, MOVING), (4, IDLE)]) == []
+
+
+def test_door_lock_bypass_when_door_open_but_circuit_closed() -> None:
+    bridged = sig(door="open", safety_circuit_ok=True)
+    changes = run(DoorLockBypassDetector(T), [(0, IDLE), (1, bridged), (5, IDLE), (20, IDLE)])
+    assert brief(changes) == [("door_lock_bypass_suspected", "start", 3.0), ("door_lock_bypass_suspected", "end", 10.0)]
+    honest = sig(door="open", safety_circuit_ok=False)
+    assert run(DoorLockBypassDetector(T), [(0, IDLE), (1, honest), (9, IDLE)]) == []

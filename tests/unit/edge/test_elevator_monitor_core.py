@@ -13,7 +13,7 @@ IDLE = ElevatorSignals(position_m=0.0, speed_mps=0.0, direction="stopped", door=
                        occupancy=0, load_kg=0.0, power="mains", mode="normal", safety_circuit_ok=True)
 T0 = 1_800_000_000.0
 CATALOGUE_METRICS = {"speed_mps", "position_m", "floor", "direction", "door", "door_zone", "occupancy", "load_kg",
-                     "power", "mode", "safety_circuit_ok"}
+                     "power", "mode", "safety_circuit_ok", "alarm_button"}
 
 
 def test_telemetry_at_interval_and_at_once_on_discrete_change() -> None:

@@ -128,3 +128,30 @@ def test_fast_crc_equals_the_appendix_a_algorithm(data: bytes) -> None:
         for _ in range(8):
             reg = (reg >> 1) ^ 0xA001 if reg & 1 else reg >> 1
     assert crc16(data) == reg
+
+
+_DOWNLINK_TOKENS = st.sampled_from([
+    "CN=1013;", "CN=9011;", "CN=9012;", "CN=2061;", "CN=2011;", "QnRtn=1", "ExeRtn=1", "PolId=a21026",
+    "DataTime=20160801080000", "DataTime=20160801110000", "DataTime=20160802000000", "Flag=9;", "Flag=4;", "Flag=5;",
+])
+
+
+@FUZZ
+@given(st.lists(st.tuples(_DOWNLINK_TOKENS, _DOWNLINK_TOKENS, _DOWNLINK_TOKENS, _DOWNLINK_TOKENS), max_size=12),
+       st.lists(st.floats(0, 1e6, allow_nan=False), min_size=1, max_size=5))
+def test_downlink_tracking_never_raises_on_any_logger_traffic(parts: list[tuple[str, ...]], polls: list[float]) -> None:
+    from edge.hj212.downlink import DownlinkTracker
+
+    tracker = DownlinkTracker()
+    session = Hj212Session(SessionPolicy(accept_unknown_devices=True), Hj212Counters(), downlink=tracker)
+    frames = b""
+    for n, (cn, flag, a, b) in enumerate(parts):
+        cn = cn if cn.startswith("CN=") else "CN=2011;"
+        flag = flag if flag.startswith("Flag=") else "Flag=5;"
+        frames += encode_frame(f"QN=20160801090000{n:03d};ST=31;{cn}PW=1;MN=010000A8900016F000169DC0;{flag}"
+                               f"CP=&&{a};{b}&&")
+    session.receive(frames, now=0.0)
+    for now in sorted(polls):
+        for outgoing in tracker.poll(now):
+            assert parse_packet(decode_frame(outgoing.frame).segment).cn in ("1012", "2061")
+    assert all(record.to_event() for record in tracker.take_audit())

@@ -137,12 +137,13 @@ def test_no_reply_without_flag_a() -> None:
     assert len(out.publications) == 1 and out.replies == []
 
 
-def test_unknown_device_is_refused_with_9011_mn_error() -> None:
+def test_unknown_device_is_refused_with_the_same_9011_as_a_wrong_password() -> None:
     session, counters = new_session()
     out = session.receive(frame(REALTIME.replace(MN, "FFFF")), now=0.0)
     assert out.publications == [] and [r.reason for r in out.rejections] == [Hj212Reject.UNKNOWN_DEVICE]
     [reply] = out.replies
-    assert parse_packet(decode_frame(reply).segment).get("QnRtn") == "4"
+    # QnRtn=3 (PW error) for unknown MNs too: a guesser must not learn which MNs are registered.
+    assert parse_packet(decode_frame(reply).segment).get("QnRtn") == "3"
     assert counters.rejected["unknown_device"] == 1
 
 

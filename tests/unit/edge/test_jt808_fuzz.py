@@ -32,7 +32,7 @@ from edge.jt808.messages import (
     parse_location,
     parse_register,
 )
-from edge.jt808.session import AuthCodeIssuer, Jt808Platform, StaticTerminalRegistry
+from edge.jt808.session import Jt808Platform, StaticTerminalRegistry
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PHONE = "013800138000"
@@ -126,7 +126,7 @@ VALID = _stream()
 )
 def test_session_survives_mutated_streams_and_publishes_only_valid_contract_messages(
         edits: list[tuple[int, int, int]], junk: list[bytes], read_size: int) -> None:
-    plat = Jt808Platform(StaticTerminalRegistry(frozenset({"13800138000"})), AuthCodeIssuer(b"k"))
+    plat = Jt808Platform(StaticTerminalRegistry(frozenset({"13800138000"})))
     session = plat.new_session("fuzz")
     session.device_id = "13800138000"  # as if authenticated: exercise the data paths
     frames = [bytearray(f) for f in VALID]
@@ -153,7 +153,7 @@ def test_session_survives_mutated_streams_and_publishes_only_valid_contract_mess
 @FUZZ
 @given(st.lists(st.binary(min_size=1, max_size=120), max_size=10))
 def test_unauthenticated_session_never_publishes(chunks: list[bytes]) -> None:
-    plat = Jt808Platform(StaticTerminalRegistry(), AuthCodeIssuer(b"k"))
+    plat = Jt808Platform(StaticTerminalRegistry())
     session = plat.new_session("fuzz")
     for chunk in chunks:
         out = session.feed(chunk, 0.0)

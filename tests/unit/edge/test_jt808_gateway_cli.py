@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from broker.registry import DeviceRegistry, RegistryError
 from edge.jt808.codec import RejectionReason
 from edge.jt808.gateway import RegistryTerminals, RejectionLog, build_parser, parse_listen, platform_from_args
+from edge.jt808.registrations import MemoryRegistrations, SqliteRegistrations, TerminalIdentity
 from edge.jt808.session import Rejection
 
 
@@ -52,15 +54,35 @@ def test_registry_lookup_knows_vehicles_only_and_rereads_a_changed_file(tmp_path
     assert terminals.lookup("13900000001")
 
 
-def test_secret_from_environment_or_a_warning(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("JT808_TEST_SECRET", "s3cret")
-    args = build_parser().parse_args(["--auth-secret-env", "JT808_TEST_SECRET", "--accept-unknown-devices"])
-    a, b = platform_from_args(args), platform_from_args(args)
-    assert a.auth.issue("1") == b.auth.issue("1") and a.accept_unknown
-    monkeypatch.delenv("JT808_TEST_SECRET")
+def test_registry_identity_must_match_and_is_required_to_register(tmp_path: Path) -> None:
+    path = tmp_path / "registry.yaml"
+    path.write_text(REGISTRY + """  - id: "13900000002"
+    kind: vehicle
+    jt808: {manufacturer: VIGIL, model: SIM-808, terminal_id: T000002, plate_colour: 2, plate: 浙A00002}
+""", encoding="utf-8")
+    terminals = RegistryTerminals(str(path))
+    good = TerminalIdentity("vigil", "SIM-808", "T000002\x00", 2, "浙A00002")
+    assert terminals.check("13900000002", good) == []
+    assert terminals.check("13900000002", TerminalIdentity("VIGIL", "SIM-808", "T999999", 1, "浙A00002")) == \
+        ["terminal_id", "plate_colour"]
+    # A vehicle without a jt808 identity on file cannot register at all.
+    assert terminals.lookup("13800138000") and terminals.check("13800138000", good)
+
+
+def test_only_vehicles_have_a_jt808_identity(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="jt808"):
+        DeviceRegistry.from_data({"devices": [{"id": "lift-1", "kind": "elevator", "jt808": {
+            "manufacturer": "A", "model": "B", "terminal_id": "C", "plate_colour": 1, "plate": "D"}}]})
+
+
+def test_registrations_in_memory_with_a_warning_or_in_a_file(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        platform_from_args(args)
-    assert "JT808_TEST_SECRET is not set" in caplog.text and "s3cret" not in caplog.text
+        memory = platform_from_args(build_parser().parse_args(["--accept-unknown-devices"]))
+    assert isinstance(memory.registrations, MemoryRegistrations) and "in memory only" in caplog.text
+    on_disk = platform_from_args(build_parser().parse_args(["--data-dir", str(tmp_path)]))
+    assert isinstance(on_disk.registrations, SqliteRegistrations)
+    assert on_disk.registrations.path == tmp_path / "jt808-registrations.sqlite3"
 
 
 def test_rejection_log_is_rate_limited_per_reason(caplog: pytest.LogCaptureFixture) -> None:

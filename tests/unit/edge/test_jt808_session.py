@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,7 +42,6 @@ from edge.jt808.messages import (
     parse_register_reply,
 )
 from edge.jt808.session import (
-    AuthCodeIssuer,
     Jt808Platform,
     Jt808Session,
     SessionOutput,
@@ -57,7 +57,7 @@ V13 = ProtocolVersion.V2013
 
 
 def platform(*, accept_unknown: bool = False) -> Jt808Platform:
-    return Jt808Platform(StaticTerminalRegistry(frozenset({DEVICE})), AuthCodeIssuer(b"test-secret"),
+    return Jt808Platform(StaticTerminalRegistry(frozenset({DEVICE})),
                          accept_unknown=accept_unknown)
 
 
@@ -67,6 +67,10 @@ def location(alarm: int = 0, t: int = 0, **kw: object) -> LocationReport:
                                    extras={0x01: dword(1000)})
     base.update(kw)
     return LocationReport(**base)  # type: ignore[arg-type]
+
+
+CODES: weakref.WeakKeyDictionary[Jt808Platform, dict[str, str]] = weakref.WeakKeyDictionary()
+"""Auth codes the test terminals got, per platform."""
 
 
 class Terminal:
@@ -85,7 +89,12 @@ class Terminal:
         return out, parse_register_reply(decode_frame(out.replies[0][1:-1]).body).auth_code
 
     def login(self) -> None:
-        _, code = self.register()
+        # A terminal registers once per platform and keeps its code, as real terminals do.
+        codes = CODES.setdefault(self.session.platform, {})
+        code = codes.get(self.phone)
+        if code is None:
+            _, code = self.register()
+            codes[self.phone] = code
         out = self.send(MsgId.AUTHENTICATE, build_auth(AuthRequest(code, "860000000000001", "1.0"), self.version))
         assert results(out) == [ReplyResult.OK]
 
@@ -113,7 +122,9 @@ def test_known_terminal_registers_and_gets_an_auth_code() -> None:
     out, code = Terminal(plat.new_session("p")).register()
     reply = parse_register_reply(decode_frame(out.replies[0][1:-1]).body)
     assert reply.result == RegisterResult.OK and reply.reply_serial == 1
-    assert code == plat.auth.issue(DEVICE) and len(code) == 16
+    registration = plat.registrations.get(DEVICE)
+    assert registration is not None and registration.verify(code) and len(code) == 24
+    assert code not in registration.code_hash and registration.identity.plate == "浙A12345"
     assert plat.counters.registered == 1 and not out.rejections
 
 
@@ -126,13 +137,22 @@ def test_unknown_terminal_is_refused_unless_unknown_devices_are_accepted() -> No
     assert [r.reason for r in out.rejections] == [RejectionReason.UNKNOWN_TERMINAL]
     open_plat = platform(accept_unknown=True)
     out, code = Terminal(open_plat.new_session("p"), phone="013900000001").register()
-    assert code == open_plat.auth.issue("13900000001") and not out.rejections
+    registration = open_plat.registrations.get("13900000001")
+    assert registration is not None and registration.verify(code) and not out.rejections
 
 
-def test_auth_codes_survive_a_restart_with_the_same_secret_only() -> None:
-    assert AuthCodeIssuer(b"s").issue(DEVICE) == AuthCodeIssuer(b"s").issue(DEVICE)
-    assert AuthCodeIssuer(b"s").issue(DEVICE) != AuthCodeIssuer(b"t").issue(DEVICE)
-    assert "hunter2" not in repr(AuthCodeIssuer(b"hunter2"))
+def test_auth_codes_are_random_per_registration() -> None:
+    codes = {Terminal(platform().new_session("p")).register()[1] for _ in range(3)}
+    assert len(codes) == 3
+
+
+def test_a_registered_terminal_cannot_register_again() -> None:
+    plat = platform()
+    Terminal(plat.new_session("p")).register()
+    out, code = Terminal(plat.new_session("q")).register()
+    assert parse_register_reply(decode_frame(out.replies[0][1:-1]).body).result == \
+        RegisterResult.TERMINAL_ALREADY_REGISTERED and code == ""
+    assert [r.reason for r in out.rejections] == [RejectionReason.ALREADY_REGISTERED]
 
 
 def test_wrong_auth_code_fails_and_repeated_failures_close() -> None:
@@ -335,7 +355,7 @@ def test_garbage_and_truncated_frames_are_counted_not_answered() -> None:
 
 
 def test_session_answers_2019_terminals_in_2019() -> None:
-    plat = Jt808Platform(StaticTerminalRegistry(frozenset({"12345678901234567"})), AuthCodeIssuer(b"k"))
+    plat = Jt808Platform(StaticTerminalRegistry(frozenset({"12345678901234567"})))
     term = Terminal(plat.new_session("p"), phone="12345678901234567", version=ProtocolVersion.V2019)
     term.login()
     out = term.send(MsgId.LOCATION, build_location(location()))
@@ -396,7 +416,7 @@ def _statuses(out: SessionOutput) -> list[tuple[str, bool, str | None, bool]]:
 
 
 def test_terminal_status_online_on_auth_offline_on_close_retained() -> None:
-    plat = Jt808Platform(StaticTerminalRegistry(frozenset({DEVICE})), AuthCodeIssuer(b"k"), wall_clock=lambda: T0)
+    plat = Jt808Platform(StaticTerminalRegistry(frozenset({DEVICE})), wall_clock=lambda: T0)
     term = Terminal(plat.new_session("10.0.0.9:1"))
     _, code = term.register()
     out = term.send(MsgId.AUTHENTICATE, build_auth(AuthRequest(code), V13))

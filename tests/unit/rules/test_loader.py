@@ -126,3 +126,34 @@ def test_template_fields_are_plain_lookups() -> None:
 
     t = Template("{temp.__class__} {temp:.1f} {temp:>6.2f}|{missing}", 1, "summary")
     assert t.render({"temp": 21.25}) == "? 21.2  21.25|?"
+
+
+def test_required_attributes_refuse_a_registry_that_lacks_them() -> None:
+    """An elevator without its rated speed is not judged against a guess: the engine refuses to start."""
+    from broker.registry import DeviceRegistry, RegistryError
+    from rules.engine import RuleEngine
+    from rules.loader import load_rule_text
+
+    text = """\
+rules:
+  - name: overspeed
+    kind: elevator
+    severity: critical
+    params: {rated: {attr: rated_speed_mps, required: true}}
+    condition: "speed_mps > rated * 1.15"
+    summary: "s"
+"""
+    rules, errors = load_rule_text(text, "t.yaml")
+    assert errors == []
+    good = DeviceRegistry.from_data({"devices": [{"id": "el-1", "kind": "elevator",
+                                                  "attributes": {"rated_speed_mps": 1.75}}]}, "reg.yaml")
+    RuleEngine(rules, good)
+    bad = DeviceRegistry.from_data({"devices": [{"id": "el-1", "kind": "elevator", "attributes": {"rated_speed_mps": 1.75}},
+                                                {"id": "el-2", "kind": "elevator"},
+                                                {"id": "cam-1", "kind": "camera"}]}, "reg.yaml")
+    with pytest.raises(RegistryError) as err:
+        RuleEngine(rules, bad)
+    assert "el-2" in str(err.value) and "rated_speed_mps" in str(err.value) and "el-1" not in str(err.value)
+    assert "cam-1" not in str(err.value)
+    _, errors = load_rule_text(text.replace("required: true", "required: true, default: 1.75"), "t.yaml")
+    assert errors and "required" in errors[0]

@@ -10,7 +10,6 @@ import pytest
 
 from broker.contracts import DeviceEvent, Telemetry, decode_device_message
 from edge.elevator.monitor import ElevatorMonitor
-from edge.elevator.simulated import SimulatedBoxDriver, signals_from_car
 from simulators.elevator import (
     ElevatorScenario,
     ElevatorSimulation,
@@ -21,6 +20,7 @@ from simulators.elevator import (
     load_scenario,
     scenario_names,
 )
+from simulators.elevator_box import SimulatedBoxDriver, signals_from_car
 from simulators.elevator_fleet import ElevatorFleet, FleetFault
 
 T0 = 1_800_000_000.0
@@ -69,7 +69,7 @@ def test_calls_outside_the_building_are_refused() -> None:
 @pytest.mark.parametrize("name", scenario_names())
 def test_each_bundled_scenario_raises_its_expected_events(name: str) -> None:
     scenario = load_scenario(name)
-    driver = SimulatedBoxDriver(scenario)
+    driver = SimulatedBoxDriver.from_scenario(scenario)
     monitor = ElevatorMonitor("e1", driver.geometry)
     sim = driver.simulation
     events: list[DeviceEvent] = []
@@ -123,7 +123,7 @@ def test_scenario_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
     unknown.write_text("name: x\nelevator: {floors: 5, lifts: 2}\n")
     with pytest.raises(ScenarioError, match="lifts"):
         load_scenario(unknown)
-    assert isinstance(load_scenario(SimulatedBoxDriver("normal").scenario.name), ElevatorScenario)
+    assert isinstance(load_scenario(load_scenario("normal").name), ElevatorScenario)
 
 
 def test_fleet_messages_are_valid_contract_telemetry_with_per_device_seq() -> None:
@@ -156,17 +156,6 @@ def test_fleet_fault_placement_is_deterministic_and_detected() -> None:
     assert events == [(2, "power_lost"), (2, "power_lost")]  # start and end, only on elevator 2
     with pytest.raises(ValueError):
         ElevatorFleet(5, faults=[FleetFault(FaultSpec(type=FaultType.POWER_LOSS, at_s=1), device=5)])
-
-
-async def test_simulated_driver_follows_its_clock() -> None:
-    now = [100.0]
-    driver = SimulatedBoxDriver("normal", time_scale=2.0, clock=lambda: now[0])
-    await driver.open()
-    now[0] = 103.0
-    await driver.read()
-    assert driver.simulation.t == pytest.approx(6.0)
-    assert driver.geometry.floors == load_scenario("normal").elevator.floors
-    await driver.close()
 
 
 def test_fault_fraction_only_hands_out_faults_the_run_is_long_enough_to_show() -> None:

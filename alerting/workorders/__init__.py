@@ -1,0 +1,1 @@
+"""Work orders (工单): grids, dispatch, field milestones with deadlines, verification, closure and figures."""

@@ -1,0 +1,1 @@
+"""JT/T 809 gateway: Vigil as the superior platform receiving lower platforms' vehicle data."""

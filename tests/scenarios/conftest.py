@@ -1,0 +1,16 @@
+"""Each shipped scenario runs once per test session; the per-scenario and coverage tests share the results."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from rules.scenario import ScenarioResult, run_scenario_file, scenario_files
+
+SHIPPED = scenario_files()
+
+
+@functools.cache
+def result_of(path: Path) -> ScenarioResult:
+    """The result of running one scenario file (cached for the session)."""
+    return run_scenario_file(path)
