@@ -175,6 +175,17 @@ class Grouper:
         self._forget_if_done(g)
         return GroupFlush(g.key, g.route_id, dict(g.labels), g.flushes, firing, resolved, repeat=not changed)
 
+    def shift(self, delta: float) -> None:
+        """Move every group's timers by a step of the wall clock (``delta`` s): each wait keeps its length."""
+        for g in self.groups.values():
+            g.created_at += delta
+            if g.last_flush_at is not None:
+                g.last_flush_at += delta
+        self._heap.clear()
+        self._scheduled.clear()
+        for g in self.groups.values():
+            self._schedule(g)
+
     def held_back(self, key: str, alert_ids: list[str]) -> None:
         """Alerts muted at a flush count as not yet notified, so they go out once the muting ends."""
         g = self.groups.get(key)

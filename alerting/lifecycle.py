@@ -64,6 +64,9 @@ class AlertRecord(msgspec.Struct, frozen=True, kw_only=True):
     esc_anchor: float = 0.0
     esc_next_step: int = 0
     esc_repeats: int = 0
+    wall_shift: float = 0.0
+    """Seconds added to the device times behind the deadlines and escalation anchor: the platform clock's steps
+    (``broker.clocksteps``), so a deadline recomputed later lands in the same wall-clock frame."""
 
     @property
     def is_open(self) -> bool:
@@ -137,7 +140,7 @@ def ts_of(dt: datetime | None) -> float | None:
 
 def apply_transition(current: AlertRecord | None, recent: AlertRecord | None, t: Transition, now: float, *,
                      new_id: str, deadlines: Deadlines, reopen_window_s: float, unit: str = "",
-                     industry: str = "", policy: str | None = None) -> Outcome:
+                     industry: str = "", policy: str | None = None, frame_shift_s: float = 0.0) -> Outcome:
     """Apply a rule's transition.
 
     Args:
@@ -150,6 +153,8 @@ def apply_transition(current: AlertRecord | None, recent: AlertRecord | None, t:
         reopen_window_s: a firing within this time after ``recent`` ended reopens it.
         unit, industry: the responsible department and industry (from the registry).
         policy: the escalation policy chosen by routing (kept on the record).
+        frame_shift_s: added to the transition's device times where they anchor wall-clock intervals
+            (deadlines, escalation) after the platform's clock stepped (``WallClockSteps.frame_shift``).
 
     Returns:
         The outcome: the new record (or None when ignored) and the audit events.
@@ -169,7 +174,8 @@ def apply_transition(current: AlertRecord | None, recent: AlertRecord | None, t:
     if current is not None:
         raised = SEVERITY_RANK[t.severity] > SEVERITY_RANK[current.severity]
         changed_sev = t.severity != current.severity
-        ack_by, resolve_by = (_deadlines(t.severity, current.starts_at, deadlines, t.labels) if changed_sev
+        ack_by, resolve_by = (_deadlines(t.severity, current.starts_at + current.wall_shift, deadlines, t.labels)
+                              if changed_sev
                               else (current.ack_by, current.resolve_by))
         rec = msgspec.structs.replace(
             current, severity=t.severity, values=t.values, updated_at=now, last_ts=tts,
@@ -182,25 +188,27 @@ def apply_transition(current: AlertRecord | None, recent: AlertRecord | None, t:
             return Outcome("severity" if raised else "updated", rec, (ev,))
         return Outcome("updated", rec)
     starts = ts_of(t.started_at) or tts
-    if recent is not None and recent.ends_at is not None and tts - recent.ends_at <= reopen_window_s:
-        ack_by, resolve_by = _deadlines(t.severity, tts, deadlines, t.labels)
+    # A negative gap is not a re-fire: the alert ended "later" than this firing only because a clock stepped
+    # back (the platform's, for an alert a person closed, or the device's), so it is a new occurrence.
+    if recent is not None and recent.ends_at is not None and 0.0 <= tts - recent.ends_at <= reopen_window_s:
+        ack_by, resolve_by = _deadlines(t.severity, tts + frame_shift_s, deadlines, t.labels)
         rec = msgspec.structs.replace(
             recent, status=AlertStatus.FIRING, severity=t.severity, ends_at=None, updated_at=now, last_ts=tts,
             values=t.values, acknowledged_by=None, acknowledged_at=None, resolved_by=None, reason="re-fired",
             ack_by=ack_by, resolve_by=resolve_by, ack_overdue=False, resolve_overdue=False,
             reopen_count=recent.reopen_count + 1, source_ts=ts_of(t.source_ts), received_at=t.received_at,
-            snapshot_url=t.snapshot_url or recent.snapshot_url, esc_policy=policy, esc_anchor=tts,
-            esc_next_step=0, esc_repeats=0)
+            snapshot_url=t.snapshot_url or recent.snapshot_url, esc_policy=policy, esc_anchor=tts + frame_shift_s,
+            esc_next_step=0, esc_repeats=0, wall_shift=frame_shift_s)
         return Outcome("reopened", rec, (AuditEvent(alert_id=rec.id, ts=now, actor="rule", action="reopened",
                                                     detail={"after_s": f"{tts - recent.ends_at:.0f}"}),))
-    ack_by, resolve_by = _deadlines(t.severity, starts, deadlines, t.labels)
+    ack_by, resolve_by = _deadlines(t.severity, starts + frame_shift_s, deadlines, t.labels)
     rec = AlertRecord(
         id=new_id, fingerprint=t.fingerprint, rule=t.rule, severity=t.severity, status=AlertStatus.FIRING,
         kind=t.kind, device_id=t.device_id, site=t.site, unit=unit, industry=industry, labels=dict(t.labels),
         summary=t.summary, summary_en=t.summary_en, description=t.description, values=dict(t.values),
         starts_at=starts, updated_at=now, ack_by=ack_by, resolve_by=resolve_by, snapshot_url=t.snapshot_url,
         last_ts=tts, source_ts=ts_of(t.source_ts), received_at=t.received_at, esc_policy=policy,
-        esc_anchor=starts,
+        esc_anchor=starts + frame_shift_s, wall_shift=frame_shift_s,
     )
     return Outcome("new", rec, (AuditEvent(alert_id=new_id, ts=now, actor="rule", action="created",
                                            detail={"severity": t.severity.value}),))
@@ -255,7 +263,7 @@ def change_severity(rec: AlertRecord, actor: str, now: float, severity: Severity
                     deadlines: Deadlines) -> tuple[AlertRecord, AuditEvent]:
     """A person changes the severity; deadlines follow. Raises ``LifecycleError`` if resolved."""
     _require_open(rec, "change severity")
-    ack_by, resolve_by = _deadlines(severity, rec.starts_at, deadlines, rec.labels)
+    ack_by, resolve_by = _deadlines(severity, rec.starts_at + rec.wall_shift, deadlines, rec.labels)
     new = msgspec.structs.replace(rec, severity=severity, ack_by=ack_by, resolve_by=resolve_by, updated_at=now,
                                   reason=reason or "severity changed")
     return new, AuditEvent(alert_id=rec.id, ts=now, actor=actor, action="severity_changed",

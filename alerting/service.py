@@ -42,6 +42,7 @@ from alerting.store import AlertStore
 from alerting.storm import StormControl
 from alerting.templates import MessageTemplates
 from alerting.workorders.desk import WorkOrderDesk
+from broker.clocksteps import WallClockSteps
 from broker.contracts import (
     TRANSITIONS_FILTER,
     Alert,
@@ -78,12 +79,19 @@ class AlertingService:
 
     def __init__(self, config: AlertingConfig, *, mqtt: MqttClient, ingest: DeviceIngest | None = None,
                  registry: DeviceRegistry | None = None, state_dir: Path,
-                 clock: Callable[[], float] = time.time, transport: Transport | None = None) -> None:
+                 clock: Callable[[], float] = time.time, transport: Transport | None = None,
+                 clock_steps: WallClockSteps | None = None) -> None:
         self.config = config
         self.mqtt = mqtt
         self.ingest = ingest
         self.registry = registry
-        self.clock = clock
+        self._wall = clock
+        # Steps of the real wall clock are watched by default; an injected clock brings its own detector
+        # (or none: tests move their clocks on purpose).
+        self.clock_steps = clock_steps if clock_steps is not None else (
+            WallClockSteps() if clock is time.time else None)
+        self.clock: Callable[[], float] = self._now
+        """The wall clock every part of alerting reads (desk, API, work orders): shifts anchors after a step."""
         state_dir.mkdir(parents=True, exist_ok=True)
         self.store = AlertStore(state_dir / "alerting.sqlite3")
         self.router = Router(config.route)
@@ -185,6 +193,43 @@ class AlertingService:
                 yield await q.get()
         finally:
             self._watchers.discard(q)
+
+    # ------------------------------------------------------------------ platform clock steps
+
+    def _now(self) -> float:
+        steps = self.clock_steps
+        if steps is not None:
+            delta = steps.check()
+            if delta:
+                self._shift_wall(delta)
+        return self._wall()
+
+    def _shift_wall(self, delta: float) -> None:
+        """The wall clock stepped ``delta`` s: move every anchor that measures an interval, so none runs out early
+        (forward) or hangs for the length of the step (backward). Silences, maintenance windows and rosters are
+        real-world instants and stay."""
+        self.counters["clock_steps"] += 1
+        for rec in list(self.open.values()):
+            self._save(msgspec.structs.replace(
+                rec, ack_by=None if rec.ack_by is None else rec.ack_by + delta,
+                resolve_by=None if rec.resolve_by is None else rec.resolve_by + delta,
+                esc_anchor=rec.esc_anchor + delta, wall_shift=rec.wall_shift + delta), ())
+        self._timers.clear()
+        self._timer_at.clear()
+        for rec in self.open.values():
+            self._schedule(rec)
+        self.grouper.shift(delta)
+        for g in self.grouper.groups.values():
+            self.store.kv_put("group", g.key, _GROUP_ENC.encode(g).decode())
+        for rcpt in self.storm.shift(delta):
+            self.store.kv_put("storm", rcpt, json.dumps(self.storm.held_for(rcpt), ensure_ascii=False))
+        # Remembered deliveries keep their window, so a redelivery right after a forward step is still known.
+        self._seen = {k: t + delta for k, t in self._seen.items()}
+        log.warning("alerting: platform clock stepped %+.0f s; shifted the deadlines and escalation of %d open "
+                    "alerts, %d group timers and the storm windows by the step", delta, len(self.open),
+                    len(self.grouper.groups))
+        if self._wake is not None:
+            self._wake.set()
 
     # ------------------------------------------------------------------ loading
 
@@ -332,9 +377,10 @@ class AlertingService:
         labels.update(rule=t.rule, severity=t.severity.value, kind=t.kind.value, device_id=t.device_id,
                       site=t.site or "", unit=labels.get("unit") or unit, industry=labels.get("industry") or industry)
         plans = self.router.routes_for(labels)
+        shift = self.clock_steps.frame_shift(now - t.ts.timestamp()) if self.clock_steps is not None else 0.0
         out = apply_transition(current, recent, t, now, new_id=new_alert_id(now), deadlines=self.config.deadlines,
                                reopen_window_s=self.config.reopen_window_s, unit=labels["unit"],
-                               industry=labels["industry"], policy=plans[0].escalation)
+                               industry=labels["industry"], policy=plans[0].escalation, frame_shift_s=shift)
         self.counters[f"transition_{out.change}"] += 1
         if out.record is None or out.change in ("stale", "ignored"):
             return

@@ -55,6 +55,15 @@ class StormControl:
         """When the next digest is due."""
         return min(self._held_since.values()) + self.digest_s if self._held_since else None
 
+    def shift(self, delta: float) -> list[str]:
+        """Move the rate windows and digest waits by a step of the wall clock (``delta`` s); returns who waits."""
+        for q in self._sent.values():
+            for i in range(len(q)):
+                q[i] += delta
+        for rcpt in self._held_since:
+            self._held_since[rcpt] += delta
+        return list(self._held_since)
+
     def held(self) -> int:
         """How many notifications wait for a digest."""
         return sum(len(v) for v in self._held.values())

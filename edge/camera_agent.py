@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from multiprocessing.synchronize import Event as MpEvent
@@ -58,6 +58,7 @@ from edge.camera.events import (
 from edge.camera.evidence import EvidenceStore
 from edge.camera.runner import AgentOutput, CameraRunner, EventOutput, StatusOutput, TelemetryOutput
 from edge.camera.source import mask_url
+from edge.open_events import OPEN_EVENTS_FILE, OpenEvent, OpenEventFile
 from edge.runtime import EdgeIdentity, EdgeLink, EdgeLinkError, OutboxError
 
 log = logging.getLogger("vigil.camera_agent")
@@ -119,12 +120,16 @@ def _emitter(out: Any, counters: dict[str, int]) -> Callable[[AgentOutput], None
 
 
 def run_cameras(cameras: Sequence[CameraConfig], evidence: EvidenceSettings, out: Any,
-                stop: threading.Event | MpEvent) -> None:
-    """Run cameras, one thread each, until their sources end or ``stop`` is set."""
+                stop: threading.Event | MpEvent, resume: Mapping[str, Sequence[OpenEvent]] | None = None) -> None:
+    """Run cameras, one thread each, until their sources end or ``stop`` is set.
+
+    ``resume``: per camera, the events its previous process left open (taken over, see ``CameraRunner``).
+    """
     store = EvidenceStore(evidence)
     counters: dict[str, int] = {}
     local_stop = threading.Event()
-    runners = [CameraRunner(cam, _emitter(out, counters), store, local_stop) for cam in cameras]
+    runners = [CameraRunner(cam, _emitter(out, counters), store, local_stop, resume=(resume or {}).get(cam.id, ()))
+               for cam in cameras]
     threads = [threading.Thread(target=_guarded, args=(r,), name=f"camera-{r.config.id}") for r in runners]
     for th in threads:
         th.start()
@@ -158,7 +163,7 @@ def _guarded(runner: CameraRunner) -> None:
 
 
 def _worker_main(cameras: list[CameraConfig], evidence: EvidenceSettings, out: Any, stop: MpEvent,
-                 log_level: int, parent_pid: int) -> None:
+                 log_level: int, parent_pid: int, resume: Mapping[str, Sequence[OpenEvent]] | None = None) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(processName)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     # One camera per thread already fills the cores; OpenCV's own threads would only contend.
@@ -173,7 +178,7 @@ def _worker_main(cameras: list[CameraConfig], evidence: EvidenceSettings, out: A
             time.sleep(0.2)
 
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-    run_cameras(cameras, evidence, out, local)
+    run_cameras(cameras, evidence, out, local, resume)
     local.set()
 
 
@@ -208,6 +213,9 @@ class CameraAgent:
         """Per-camera links while running with ``data_dir`` (for health figures and tests)."""
         self._stop_requested = threading.Event()
         self._stop_called = False
+        self._open_files: dict[str, OpenEventFile] = {}
+        self._open: dict[str, dict[str, OpenEvent]] = {}
+        """Per camera, its open events by id (with ``data_dir``: kept in ``{data_dir}/{id}/open-events.json``)."""
 
     def stop(self) -> None:
         """Ask every camera to finish (open events are closed and published)."""
@@ -242,6 +250,12 @@ class CameraAgent:
                 identity = EdgeIdentity.for_device(Kind.CAMERA, cam.id, agent=AGENT_NAME)
                 link = EdgeLink(self.mqtt_url, identity, data_dir / cam.id)
                 self.links[cam.id] = link
+                # Events left open by a previous process (killed): the analytics take them over.
+                self._open_files[cam.id] = f = OpenEventFile(data_dir / cam.id / OPEN_EVENTS_FILE)
+                self._open[cam.id] = {ev.event_id: ev for ev in f.load()}
+                if self._open[cam.id]:
+                    log.info("camera %s: taking over %d open event(s) from before the restart", cam.id,
+                             len(self._open[cam.id]))
                 await link.start()
             await self._run(self._publish_linked)
             if not self._stop_called:
@@ -259,10 +273,11 @@ class CameraAgent:
                     log.warning("camera %s: %d message(s) left in the outbox for the next start", cam_id, left)
 
     async def _run(self, publish: Callable[[AgentOutput], Awaitable[None]]) -> None:
+        resume = {cam_id: list(events.values()) for cam_id, events in self._open.items() if events}
         if self.workers == 0:
             out: Any = queue.Queue(QUEUE_SIZE)
             th = threading.Thread(target=run_cameras, name="cameras",
-                                  args=(self.cameras, self.evidence, out, self._stop_requested))
+                                  args=(self.cameras, self.evidence, out, self._stop_requested, resume))
             th.start()
             alive: Callable[[], bool] = th.is_alive
             stop_all: Callable[[], None] = lambda: None  # noqa: E731 - the thread watches the same event
@@ -271,7 +286,8 @@ class CameraAgent:
             out = ctx.Queue(QUEUE_SIZE)
             mp_stop = ctx.Event()
             procs = [ctx.Process(target=_worker_main, name=f"camera-worker-{i}", daemon=True,
-                                 args=(group, self.evidence, out, mp_stop, logging.getLogger().level, os.getpid()))
+                                 args=(group, self.evidence, out, mp_stop, logging.getLogger().level, os.getpid(),
+                                       {c.id: resume[c.id] for c in group if c.id in resume}))
                      for i, group in enumerate(assign(self.cameras, self.workers))]
             for p in procs:
                 p.start()
@@ -323,8 +339,26 @@ class CameraAgent:
                 self.publish_failures += 1
                 log.warning("camera %s: cannot queue %s: %s", output.camera_id, topic, exc)
                 return
+            self._record(output)
         self.published += 1
         _log_event(output)
+
+
+    def _record(self, output: AgentOutput) -> None:
+        """Keep the camera's open events on disk: written on a start or an end only."""
+        f = self._open_files.get(output.camera_id)
+        if f is None or not isinstance(output, EventOutput) or output.event.state == "instant":
+            return
+        ev, events = output.event, self._open.setdefault(output.camera_id, {})
+        if ev.state == "start":
+            events[ev.event_id] = OpenEvent(ev.event_id, ev.type, ev.started_at, ev.zone,
+                                            str(SEVERITY[ev.type]) if ev.type in SEVERITY else None)
+        elif events.pop(ev.event_id, None) is None:
+            return
+        try:
+            f.save(events.values())
+        except OSError as exc:
+            log.warning("camera %s: open events not recorded: %s", output.camera_id, exc)
 
 
 def _log_event(output: AgentOutput) -> None:

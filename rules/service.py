@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.calendar import HolidayCalendar, install_calendar
+from broker.clocksteps import WallClockSteps
 from broker.contracts import Channel, DeviceMessage, Transition, encode, transition_topic
 from broker.ingest import DeviceIngest
 from broker.mqtt import MqttClient, NotDurable
@@ -135,6 +136,7 @@ class RulesService:
         self._last_error_log = 0.0
         self._last_journal_log = 0.0
         self._not_durable: list[NotDurable] = []
+        self.clock_steps = WallClockSteps()
         log.info("rules: %d rules from %d files, %d devices restored from %s", len(self.engine.rules),
                  len(self.files.files), len(self.engine.devices), state_dir)
 
@@ -146,7 +148,7 @@ class RulesService:
         """Ingest consumer: evaluate, publish transitions, journal state before the batch is acknowledged."""
         errors = self.engine.counters.errors
         try:
-            transitions = self.engine.process(messages, time.time())
+            transitions = self.engine.process(messages, self.wall_now())
         except Exception:
             # A bug must not stop the stream; the batch is still journaled below.
             self.handler_errors += 1
@@ -230,10 +232,19 @@ class RulesService:
                 log.warning("rules: cannot write the state journal (%d lines kept in memory): %s",
                             self.store.unwritten, exc)
 
+    def wall_now(self) -> float:
+        """The wall time; after a step of the wall clock the engine's wall-time anchors move with it first."""
+        delta = self.clock_steps.check()
+        if delta:
+            moved = self.engine.shift_wall(delta)
+            log.warning("rules: platform clock stepped %+.0f s; shifted last-heard, absence and pending-timer anchors "
+                        "of %d devices by the step", delta, moved)
+        return time.time()
+
     def tick(self, now: float | None = None) -> None:
         """Advance time-driven rules and publish what they decide."""
         errors = self.engine.counters.errors
-        self._publish(self.engine.tick(time.time() if now is None else now))
+        self._publish(self.engine.tick(self.wall_now() if now is None else now))
         self._journal()
         self._report_errors(errors)
 
@@ -241,7 +252,7 @@ class RulesService:
         """``tick``, yielding to the event loop whenever a piece of it ran ``slice_s`` seconds."""
         errors = self.engine.counters.errors
         deadline = time.perf_counter() + slice_s
-        for transitions in self.engine.tick_slices(time.time()):
+        for transitions in self.engine.tick_slices(self.wall_now()):
             self._publish(transitions)
             if time.perf_counter() >= deadline:
                 self._journal()
@@ -264,7 +275,7 @@ class RulesService:
         if not changed:
             return False
         self.reloads += 1
-        self._publish(self.engine.set_rules(self.files.rules(), time.time()))
+        self._publish(self.engine.set_rules(self.files.rules(), self.wall_now()))
         self._journal()
         log.info("rules: reloaded, %d rules active", len(self.engine.rules))
         return True
@@ -347,6 +358,6 @@ class RulesService:
             "handler_errors": self.handler_errors, "evaluation_errors": c.errors, "snapshots": self.store.snapshots,
             "journal_lines": self.store.journal_lines, "restored_journal_lines": self.restored,
             "journal_errors": self.store.journal_errors, "journal_unwritten": self.store.unwritten,
-            "snapshot_errors": self.store.snapshot_errors,
+            "snapshot_errors": self.store.snapshot_errors, "clock_steps": self.clock_steps.steps,
         }
         return {k: float(v) for k, v in out.items()}

@@ -187,9 +187,10 @@ class HealthMonitor:
             out.append(CheckResult("notifications", not recent, Severity.MAJOR,
                                    f"通知发送失败（死信 {dead:.0f} 条）", f"notifications dead-lettered ({dead:.0f})",
                                    dead))
-        # The platform's own wall clock: a step moves wall time against the monotonic clock. Absence and
-        # alerting's deadlines are judged on wall time, so the alerts they raise around a step need a human's
-        # eye (docs/architecture.md). time.time(), not self.clock: tests inject clocks that jump on purpose.
+        # The platform's own wall clock: a step moves wall time against the monotonic clock. Rules and alerting
+        # shift their interval anchors by the step themselves (broker.clocksteps), but instants people set
+        # (silences, maintenance, rosters) and the time stamped on records now differ from the world's time
+        # by the step (docs/architecture.md). time.time(), not self.clock: tests inject clocks that jump on purpose.
         wall_offset = time.time() - now_mono
         if self._wall_offset is not None and abs(wall_offset - self._wall_offset) > cfg.clock_step_s:
             self._step_s, self._step_at = wall_offset - self._wall_offset, now_mono
@@ -198,10 +199,11 @@ class HealthMonitor:
         engine = getattr(p.stages.get("rules"), "engine", None)
         if stepped:
             out.append(CheckResult("clock", False, Severity.WARNING,
-                                   f"平台时钟跳变 {self._step_s:+.0f} 秒（NTP 校时或人工改时）: 缺失类规则与告警时限按墙钟判断，"
-                                   f"跳变前后的相关告警需人工核对",
-                                   f"platform clock stepped {self._step_s:+.0f} s (NTP or manual change): absence rules "
-                                   f"and alert deadlines run on wall time, check alerts raised around the step",
+                                   f"平台时钟跳变 {self._step_s:+.0f} 秒（NTP 校时或人工改时）: 缺失判断与告警时限已随跳变平移，"
+                                   f"静默、维护窗口与值班表按墙钟时刻生效，请核对平台时钟",
+                                   f"platform clock stepped {self._step_s:+.0f} s (NTP or manual change): absence and "
+                                   f"alert deadlines were shifted by the step; silences, maintenance and rosters follow "
+                                   f"the wall clock, check the platform's time",
                                    self._step_s))
         elif engine is not None:
             # A device whose clock ran ahead makes its later, correct messages look late to the rules

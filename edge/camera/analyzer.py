@@ -21,6 +21,7 @@ from edge.camera.motion import Gray, MotionDetector, MotionResult
 from edge.camera.people import PeopleCounter
 from edge.camera.tracker import CentroidTracker
 from edge.camera.zones import FrameScale, Schedule, Tripwire, Zone, analysis_mask
+from edge.open_events import RESTART_REASON, OpenEvent
 
 Frame = np.ndarray
 
@@ -139,6 +140,21 @@ class CameraAnalyzer:
         if self.people is not None:
             self.people.reset()
         return [ev, *self._stop_zones(t, "video loss")]
+
+    def resume(self, recorded: list[OpenEvent], t: float) -> list[CameraEvent]:
+        """Take over events a previous agent process left open; returns the end of each one no series
+        here can take (its zone or check is no longer configured), at ``t``."""
+        series = {(s.type, s.zone): s for s in (*self._zone_series(), self.health.covered, self.health.defocused,
+                                                 self.health.moved, self.video.series)}
+        ended = []
+        for ev in recorded:
+            target = series.get((ev.type, ev.zone))
+            if target is not None and not target.active:
+                target.resume(ev.event_id, ev.started_at)
+            else:
+                ended.append(CameraEvent(ev.type, "end", ev.event_id, t, t, ev.started_at, ev.zone,
+                                         message=RESTART_REASON, data={"reason": RESTART_REASON}))
+        return ended
 
     def close(self, t: float) -> list[CameraEvent]:
         """End every open event (the agent is stopping or the source ended)."""

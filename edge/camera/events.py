@@ -136,6 +136,13 @@ class EventSeries:
         """Feed one observation; returns the start or end event when the state changes."""
         return self._event(self.condition.update(t, condition, measure), measure, boxes, message, data)
 
+    def resume(self, event_id: str, started_at: float) -> None:
+        """Take over an event a previous agent process left open: it ends by this series' own off-time."""
+        c = self.condition
+        c.active, c.started_at = True, started_at
+        c._pending_since = c._clear_since = None
+        self._event_id, self._started_at = event_id, started_at
+
     def stop(self, t: float, message: str = "") -> CameraEvent | None:
         """Close an open event now (camera fault or shutdown)."""
         return self._event(self.condition.stop(t), None, (), message, None)

@@ -6,10 +6,11 @@ frozen dataclasses, so the agent can ship them across processes to its MQTT side
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +25,7 @@ from edge.camera.events import CameraEvent
 from edge.camera.evidence import EvidenceStore, annotate
 from edge.camera.health import VideoLossDetector
 from edge.camera.source import FileSource, LiveSource, SourceError, SourceFrame, is_device, is_stream, mask_url
+from edge.open_events import OpenEvent
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,11 @@ class CameraRunner:
     """One camera's loop. ``run`` returns when the source ends (files) or ``stop`` is set."""
 
     def __init__(self, config: CameraConfig, emit: Emit, store: EvidenceStore | None = None,
-                 stop: threading.Event | None = None, clock: Callable[[], float] = time.time) -> None:
+                 stop: threading.Event | None = None, clock: Callable[[], float] = time.time,
+                 resume: Sequence[OpenEvent] = ()) -> None:
+        """``resume``: events the previous agent process left open (its data folder), taken over by the
+        analytics on the first frame (video loss at once): ended under their ids if the condition is
+        gone after its off-time, else continued."""
         self.config = config
         self.emit = emit
         self.store = store
@@ -90,6 +96,11 @@ class CameraRunner:
         self._last_frame: SourceFrame | None = None
         self.frames_analysed = 0
         self.analysis_errors = 0
+        self._resume = [ev for ev in resume if ev.type != self.video_loss.series.type]
+        for ev in resume:
+            if ev.type == self.video_loss.series.type:
+                self.video_loss.series.resume(ev.event_id, ev.started_at)
+        self._taken_over = {ev.event_id for ev in resume}
 
     # ------------------------------------------------------------------ loop
 
@@ -190,6 +201,10 @@ class CameraRunner:
         if self.analyzer is None:
             self.analyzer = CameraAnalyzer(self.config.id, self.config, (w, h))
             self.analyzer.video = self.video_loss
+            if self._resume:
+                for event in self.analyzer.resume(self._resume, frame.t):
+                    self._publish(event, None)
+                self._resume = []
         self._last_frame = frame
         self.frames_analysed += 1
         try:
@@ -215,6 +230,9 @@ class CameraRunner:
 
     def _publish(self, event: CameraEvent, image: np.ndarray | None) -> None:
         url: str | None
+        if event.state == "end" and event.event_id in self._taken_over:
+            self._taken_over.discard(event.event_id)
+            event = dataclasses.replace(event, data={**event.data, "after_restart": True})
         if event.state == "end":
             url = self._snapshots.pop(event.event_id, None)
         else:

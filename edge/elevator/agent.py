@@ -64,6 +64,7 @@ class ElevatorAgent:
         out = {k: float(v) for k, v in self.counters.items()}
         out["read_errors"] = float(sum(self.read_errors.values()))
         out["rejected_readings"] = float(sum(self.monitor.rejections.values()))
+        out["open_events_not_recorded"] = float(self.monitor.persist_failures)
         out.update({f"link_{k}": v for k, v in self.link.stats().items()})
         return out
 

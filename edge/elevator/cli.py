@@ -26,6 +26,7 @@ from edge.elevator.detectors import DetectorThresholds
 from edge.elevator.driver import ElevatorBoxDriver
 from edge.elevator.monitor import ElevatorMonitor
 from edge.elevator.signals import ElevatorGeometry
+from edge.open_events import OPEN_EVENTS_FILE, OpenEventFile
 from edge.runtime import EdgeIdentity, EdgeLink, EdgeLinkError, IdentityError, read_password
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,10 @@ def open_agent(device_id: str, driver: ElevatorBoxDriver, geometry: ElevatorGeom
     if sample_hz <= 0:
         raise ValueError("sample_hz must be positive")  # checked before the link takes its folder
     identity = EdgeIdentity.for_device(Kind.ELEVATOR, device_id, agent=AGENT_NAME, password=password)
+    # Open events live in the data folder too: a restarted agent ends (or goes on with) the ones it had.
     monitor = ElevatorMonitor(device_id, geometry, thresholds or DetectorThresholds(),
-                              telemetry_interval_s=telemetry_interval_s, site=site)
+                              telemetry_interval_s=telemetry_interval_s, site=site,
+                              open_events=OpenEventFile(data_dir / OPEN_EVENTS_FILE))
     agent_ref: list[ElevatorAgent] = []
     link = EdgeLink(mqtt_url, identity, data_dir, max_queued=max_queued, heartbeat_s=heartbeat_s, ca_file=ca_file,
                     status_detail=lambda: agent_ref[0].status_detail() if agent_ref else {}, hold_unrouted=True)

@@ -163,6 +163,8 @@ class TrappedPassengerDetector(Detector):
         self._after_run = False
         self._door_opened = False
         self._where = ""
+        self._resumed = False
+        """Taken over after an agent restart, no reading yet: a car found running was released meanwhile."""
 
     def update(self, s: ElevatorSignals, now: float) -> list[EventChange]:
         stopped = s.speed_mps < self._t.stopped_speed_mps and s.direction == "stopped"
@@ -175,7 +177,10 @@ class TrappedPassengerDetector(Detector):
         if s.door != "closed":
             self._door_opened = True
         if self._active:
-            if s.occupancy == 0 or s.door in ("opening", "open"):
+            # Only the first reading after a takeover judges by movement: from then on the car is watched
+            # live, and a car moved with its passengers still shut in is not a release.
+            found_running, self._resumed = self._resumed and not stopped, False
+            if s.occupancy == 0 or s.door in ("opening", "open") or found_running:
                 self._active = False
                 return [EventChange("trapped_passenger", "end", now, Severity.CRITICAL, "passengers released",
                                     None, {"where": self._where})]
@@ -197,14 +202,14 @@ class TrappedPassengerDetector(Detector):
                              "occupancy": s.occupancy})]
 
     def resume(self, event_type: str, data: dict[str, Any]) -> bool:
-        # Ends as it would have: the car empties or its door opens.
-        self._active, self._where = True, str(data.get("where", ""))
+        # Ends as it would have (the car empties or its door opens), or when the car is found running.
+        self._active, self._where, self._resumed = True, str(data.get("where", "")), True
         return True
 
     def suppress(self, now: float) -> list[EventChange]:
         self._stopped_since, self._after_run, self._door_opened = None, False, False
         if self._active:
-            self._active = False
+            self._active = self._resumed = False
             return [EventChange("trapped_passenger", "end", now, Severity.CRITICAL, "suppressed by service mode",
                                 None, {"reason": "mode", "where": self._where})]
         return []

@@ -1,7 +1,14 @@
-"""``ElevatorMonitor``: readings in, contract telemetry and fault events out (pure, clock injected)."""
+"""``ElevatorMonitor``: readings in, contract telemetry and fault events out (pure, clock injected).
+
+With an ``OpenEventStore`` (``open-events.json`` in the agent's data folder) the monitor records
+its open events on each start/end and, when started again, hands them back to their detectors:
+an event whose situation ended while the agent was down ends on the first reading under its
+original id, one still going on continues under it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -9,6 +16,9 @@ from datetime import UTC, datetime
 from broker.contracts import DeviceEvent, Severity, Telemetry
 from edge.elevator.detectors import Detector, DetectorThresholds, EventChange, default_detectors
 from edge.elevator.signals import ElevatorGeometry, ElevatorSignals, signal_problem
+from edge.open_events import RESTART_REASON, OpenEvent, OpenEventStore
+
+log = logging.getLogger(__name__)
 
 # A change of any of these is published at once rather than at the next telemetry interval.
 _DISCRETE = ("door", "direction", "floor", "door_zone", "power", "mode", "safety_circuit_ok", "alarm_button")
@@ -29,7 +39,8 @@ class ElevatorMonitor:
 
     def __init__(self, device_id: str, geometry: ElevatorGeometry | None = None,
                  thresholds: DetectorThresholds | None = None, *, telemetry_interval_s: float = 1.0,
-                 site: str | None = None, detectors: list[Detector] | None = None) -> None:
+                 site: str | None = None, detectors: list[Detector] | None = None,
+                 open_events: OpenEventStore | None = None) -> None:
         """Set up the detectors for one installation.
 
         Args:
@@ -39,6 +50,7 @@ class ElevatorMonitor:
             telemetry_interval_s: longest gap between telemetry messages; discrete changes go at once.
             site: copied into telemetry.
             detectors: replaces the default set (tests).
+            open_events: where open events outlive the process (the agent's data folder); None: nowhere.
         """
         self.device_id = device_id
         self.geometry = geometry or ElevatorGeometry()
@@ -54,6 +66,29 @@ class ElevatorMonitor:
         self._severity: dict[str, Severity] = {}
         self.rejections: Counter[str] = Counter()
         self.events_started = 0
+        self._store = open_events
+        self._records: dict[str, OpenEvent] = {}
+        self._resumed: set[str] = set()
+        """Types taken over from the previous process; their ends say so."""
+        self._orphans: list[OpenEvent] = []
+        """Recorded events no detector can take over: ended on the first reading."""
+        self._first_reading = True
+        self.persist_failures = 0
+        if open_events is not None:
+            self._take_over(open_events.load())
+
+    def _take_over(self, recorded: list[OpenEvent]) -> None:
+        by_type = {t: det for det in self._detectors for t in det.event_types}
+        for ev in recorded:
+            det = by_type.get(ev.type)
+            if ev.type in self._open or det is None or not det.resume(ev.type, dict(ev.data)):
+                self._orphans.append(ev)
+                continue
+            self._open[ev.type] = ev.event_id
+            self._started[ev.type] = ev.started_at
+            self._severity[ev.type] = _severity(ev.severity)
+            self._records[ev.type] = ev
+            self._resumed.add(ev.type)
 
     @property
     def active_events(self) -> dict[str, str]:
@@ -72,8 +107,29 @@ class ElevatorMonitor:
                 changes.extend(det.suppress(now))
             else:
                 changes.extend(det.update(s, now))
+        if self._first_reading:
+            self._first_reading = False
+            if self._orphans or self._resumed:
+                changes = self._after_restart(changes, now)
         events = [e for e in (self._event(c) for c in changes) if e is not None]
         return MonitorOutput(self._telemetry(s, now, force=bool(events)), events)
+
+    def _after_restart(self, changes: list[EventChange], now: float) -> list[EventChange]:
+        """The first reading after a restart: events it ends (or no detector could take) cleared meanwhile."""
+        out = []
+        for ev in self._orphans:
+            self._open[ev.type] = ev.event_id
+            self._started[ev.type] = ev.started_at
+            self._records[ev.type] = ev
+            out.append(EventChange(ev.type, "end", now, _severity(ev.severity), RESTART_REASON, None,
+                                   {"reason": RESTART_REASON}))
+        self._orphans = []
+        for c in changes:
+            if c.state == "end" and c.type in self._resumed:
+                c = EventChange(c.type, c.state, c.at, c.severity, c.message, c.measure,
+                                {**c.data, "reason": RESTART_REASON})
+            out.append(c)
+        return out
 
     def close_all(self, now: float, reason: str) -> list[DeviceEvent]:
         """End every event in progress (the agent or simulation stops); ``data.reason`` says why."""
@@ -106,14 +162,38 @@ class ElevatorMonitor:
             self._started[c.type] = c.at
             self._severity[c.type] = c.severity
             self.events_started += 1
+            self._records[c.type] = OpenEvent(event_id, c.type, c.at, severity=c.severity.value, data=data)
         else:
             found = self._open.pop(c.type, None)
             if found is None:
                 return None
             event_id = found
             data["duration_s"] = round(c.at - self._started.pop(c.type, c.at), 3)
+            self._records.pop(c.type, None)
+            if c.type in self._resumed:
+                self._resumed.discard(c.type)
+                data["after_restart"] = True
+        self._persist()
         return DeviceEvent(ts=_ts(c.at), type=c.type, state=c.state, event_id=event_id, severity=c.severity,
                            measure=c.measure, message=c.message, data=data)
+
+
+    def _persist(self) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.save(self._records.values())
+        except OSError as exc:
+            # The event still goes out; only its survival of a restart is lost (counted, logged).
+            self.persist_failures += 1
+            log.warning("elevator %s: open events not recorded: %s", self.device_id, exc)
+
+
+def _severity(value: str | None) -> Severity:
+    try:
+        return Severity(value) if value else Severity.MAJOR
+    except ValueError:
+        return Severity.MAJOR
 
 
 def _ts(now: float) -> datetime:

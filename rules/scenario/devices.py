@@ -280,6 +280,7 @@ def elevator_feed(spec: dict[str, Any], where: str, epoch: float, rng: random.Ra
     from edge.elevator.detectors import DetectorThresholds
     from edge.elevator.monitor import ElevatorMonitor
     from edge.elevator.signals import ElevatorGeometry, ElevatorSignals
+    from edge.open_events import MemoryOpenEvents
     from simulators.elevator import ElevatorScenario, ElevatorSimulation, load_scenario
     from simulators.elevator import ScenarioError as SimError
     from simulators.elevator_box import signals_from_car
@@ -328,14 +329,39 @@ def elevator_feed(spec: dict[str, Any], where: str, epoch: float, rng: random.Ra
         thresholds = msgspec.convert(spec.get("thresholds") or {}, DetectorThresholds)
     except msgspec.ValidationError as exc:
         raise ScenarioError(f"{where}: {exc}") from None
+    open_events = MemoryOpenEvents()
+    """The agent's data folder: its open events outlive a restart (edge/open_events.py)."""
+
     def new_monitor() -> ElevatorMonitor:
         return ElevatorMonitor(device_id, geometry, thresholds,
-                               telemetry_interval_s=float(spec.get("telemetry_interval_s", 1.0)), site=site)
+                               telemetry_interval_s=float(spec.get("telemetry_interval_s", 1.0)), site=site,
+                               open_events=open_events)
 
     monitor = new_monitor()
-    # The agent process restarts (crash, upgrade, watchdog): the monitor's state is gone, open
-    # events are never ended by it, and the link says online again when it reconnects.
-    restarts = sorted(offset(r, f"{where}.restarts") for r in spec.get("restarts") or [])
+    # The agent process restarts (crash, upgrade, watchdog): the monitor's state is gone except its
+    # open events (kept in its data folder, ended or continued after the restart), and the link
+    # says online again when it reconnects.
+    # `restarts: [2min]` is an instant restart; `{from: 3min, until: 5min}` keeps the agent down in
+    # between (no readings; the broker's last will `will_after` past `from`), restarting at `until`.
+    restarts: list[float] = []
+    down: list[tuple[float, float]] = []
+    for i, r in enumerate(spec.get("restarts") or []):
+        rw = f"{where}.restarts[{i}]"
+        if isinstance(r, dict):
+            if set(r) - {"from", "until", "will_after"} or "from" not in r or "until" not in r:
+                raise ScenarioError(f"{rw}: a duration, or {{from, until, will_after}}")
+            d_from, d_until = offset(r["from"], f"{rw}.from"), offset(r["until"], f"{rw}.until")
+            if d_until <= d_from:
+                raise ScenarioError(f"{rw}: until must be after from")
+            down.append((d_from, d_until))
+            restarts.append(d_until)
+            if d_from + duration(r.get("will_after", 0), f"{rw}.will_after") < d_until:
+                transport.raw(d_from + duration(r.get("will_after", 0), f"{rw}.will_after"),
+                              device_topic(Kind.ELEVATOR, device_id, Channel.STATUS),
+                              encode(DeviceStatus(online=False, reason="connection_lost", agent=AGENT_NAME)), True)
+        else:
+            restarts.append(offset(r, rw))
+    restarts.sort()
     readings: list[tuple[float, ElevatorSignals | None]] = []
     if scenario is not None:
         sim = ElevatorSimulation.from_scenario(scenario)
@@ -373,6 +399,8 @@ def elevator_feed(spec: dict[str, Any], where: str, epoch: float, rng: random.Ra
             transport.send(restarts[0], status_topic, encode(DeviceStatus(ts=_dt(epoch + restarts.pop(0) + skew),
                                                                           online=True, reason="connected",
                                                                           agent=AGENT_NAME)), True, may_duplicate=False)
+        if any(d_from <= t < d_until for d_from, d_until in down):
+            continue  # the agent is not running: nobody reads the box
         if any(o.covers(t) for o in lost):
             # The box does not answer: after `box_lost_after` failed reads the agent says so (ElevatorAgent).
             failures += 1

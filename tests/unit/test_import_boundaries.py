@@ -91,6 +91,8 @@ KNOWN_VIOLATIONS: frozenset[Edge] = frozenset({
     ("rules.scenario.gateways", "edge.jt808.registry"),
     ("rules.scenario.gateways", "edge.jt808.session"),
     ("rules.scenario.gateways", "simulators.jt808_terminal"),
+    ("rules.scenario.gateways", "edge.jt808.alarms"),
+    ("rules.scenario.devices", "edge.open_events"),
     ("rules.scenario.modbus_adapter", "edge.modbus.gateway"),
     ("rules.scenario.modbus_adapter", "edge.modbus.poller"),
     ("rules.scenario.modbus_adapter", "edge.modbus.tagmap"),
