@@ -634,7 +634,7 @@ class RuleEngine:
                     if seen % every == 0:
                         yield out
                         out = []
-                        pass  # TMPDISABLE
+                        now, base = now + self.wall_offset - base, self.wall_offset  # a step between pieces
                     if device.id not in self.devices and rule.applies_to(device.id, device.kind.value, device.site,
                                                                          device):
                         dev = self._device(device.id, device.kind.value, device.site)
@@ -648,7 +648,7 @@ class RuleEngine:
                 if seen % every == 0:
                     yield out
                     out = []
-                    pass  # TMPDISABLE
+                    now, base = now + self.wall_offset - base, self.wall_offset  # a step between pieces
                 rs = dev.rules.get(rule.name)
                 if rs is None:
                     if not silence:
@@ -671,7 +671,7 @@ class RuleEngine:
             if seen % every == 0:
                 yield out
                 out = []
-                pass  # TMPDISABLE
+                now, base = now + self.wall_offset - base, self.wall_offset  # a step between pieces
             self._tick_timer(key, now, out)
         yield out
 
