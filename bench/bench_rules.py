@@ -239,7 +239,9 @@ def bench_tick(args: argparse.Namespace) -> None:
 
     kinds = [Kind.ELEVATOR, Kind.VEHICLE, Kind.EMISSION, Kind.CAMERA]
     stack = {"standard": "GB13223", "fuel": "coal", "new_source": True, "ultra_low": True}
-    devices = [Device(id=f"dev-{i}", kind=kinds[i % 4], attributes=stack if kinds[i % 4] == Kind.EMISSION else {})
+    lift = {"rated_speed_mps": 1.75, "floors": 18, "floor_height_m": 3.0, "maintained_on": "2026-11-20"}
+    attributes = {Kind.EMISSION: stack, Kind.ELEVATOR: lift}
+    devices = [Device(id=f"dev-{i}", kind=kinds[i % 4], attributes=attributes.get(kinds[i % 4], {}))
                for i in range(args.devices)]
     registry = DeviceRegistry.build([], devices, [])
     engine = RuleEngine(load_rules([PACKS_DIR]).rules, registry)
