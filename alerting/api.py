@@ -21,7 +21,8 @@ import msgspec
 from aiohttp import web
 
 from alerting.access import GuessLimiter, TokenBook
-from alerting.desk import Actor, AlertDesk, DeskError
+from alerting.desk import Actor, AlertDesk
+from alerting.desk import DeskError as DeskError  # re-exported: the error type of this module's parsers
 from alerting.lifecycle import AlertRecord, to_contract
 from alerting.masking import mask_url
 from alerting.openapi import OPENAPI
@@ -48,7 +49,8 @@ WO_STAGES = ("new", "dispatched", "accepted", "en_route", "on_site", "handled", 
 log = logging.getLogger(__name__)
 
 
-def _time(value: Any, name: str) -> float | None:
+def parse_time(value: Any, name: str) -> float | None:
+    """Epoch seconds from a number or an RFC 3339 string with an offset (None when empty); raises ``DeskError``."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -145,7 +147,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object body (parsed once, kept on the request); ``{}`` without one. Raises ``DeskError``."""
     cached: dict[str, Any] | None = request.get(_BODY)
     if cached is not None:
         return cached
@@ -208,7 +211,7 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
                 raise DeskError(403, "forbidden", "grid staff only use the work orders of their grids")
         # A body, when sent, must be a JSON object, whether the route reads it or not; DELETE takes none.
         if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.body_exists \
-                and await _body(request) and request.method == "DELETE":
+                and await json_body(request) and request.method == "DELETE":
             raise DeskError(400, "invalid", "DELETE takes no body")
         return await handler(request)
     except DeskError as exc:
@@ -249,8 +252,8 @@ async def list_alerts(request: web.Request) -> web.Response:
     offset = query_int(q, "offset", 0, 0, 1_000_000)
     filters = _filters(q)
     svc = request.app[_SVC]
-    recs = request.app[_DESK].alerts(status=status, since=_time(q.get("since"), "since"),
-                                   until=_time(q.get("until"), "until"), filters=filters, limit=limit, offset=offset)
+    recs = request.app[_DESK].alerts(status=status, since=parse_time(q.get("since"), "since"),
+                                   until=parse_time(q.get("until"), "until"), filters=filters, limit=limit, offset=offset)
     return _json({"alerts": [alert_json(svc, r) for r in recs], "count": len(recs)})
 
 
@@ -268,7 +271,7 @@ async def get_alert(request: web.Request) -> web.Response:
 def _action(fn: Callable[[AlertDesk, str, Actor, dict[str, Any]], AlertRecord]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         aid = _id(request)
-        body = await _body(request)
+        body = await json_body(request)
         rec = fn(request.app[_DESK], aid, _actor(request), body)
         return _json({"alert": alert_json(request.app[_SVC], rec)})
 
@@ -279,7 +282,7 @@ def _action(fn: Callable[[AlertDesk, str, Actor, dict[str, Any]], AlertRecord]) 
 async def driver_text_action(request: web.Request) -> web.Response:
     """Send a text to the driver of the alert's vehicle (JT/T 808 0x8300); recorded in the timeline."""
     aid = _id(request)
-    body = await _body(request)
+    body = await json_body(request)
     actor = _actor(request)
     desk = request.app[_DESK]
     rec = desk.get(aid)
@@ -334,15 +337,15 @@ async def list_silences(request: web.Request) -> web.Response:
 async def put_silence(request: web.Request) -> web.Response:
     """Create (POST) or replace (PUT /{id}) a silence."""
     sid = _id(request) if "id" in request.match_info else None
-    b = await _body(request)
+    b = await json_body(request)
     matchers = b.get("matchers")
     if not isinstance(matchers, list) or not all(isinstance(m, str) and len(m) <= 500 for m in matchers) \
             or len(matchers) > 50:
         raise DeskError(400, "invalid", "matchers must be a list (at most 50) of strings like 'site=tower-a'")
-    ends = _time(b.get("ends_at"), "ends_at")
+    ends = parse_time(b.get("ends_at"), "ends_at")
     if ends is None:
         raise DeskError(400, "invalid", "ends_at is required")
-    s = request.app[_DESK].create_silence(_actor(request), matchers, ends, _time(b.get("starts_at"), "starts_at"),
+    s = request.app[_DESK].create_silence(_actor(request), matchers, ends, parse_time(b.get("starts_at"), "starts_at"),
                                           _str(b, "comment"), sid)
     return _json({"silence": _silence_json(s)}, 200 if request.method == "PUT" else 201)
 
@@ -357,7 +360,7 @@ async def delete_silence(request: web.Request) -> web.Response:
 async def oncall(request: web.Request) -> web.Response:
     """Who is on duty (now, or ``at``) for a unit and role."""
     q = request.query
-    return _json({"on_duty": request.app[_DESK].on_duty(_time(q.get("at"), "at"), query_text(q, "unit"),
+    return _json({"on_duty": request.app[_DESK].on_duty(parse_time(q.get("at"), "at"), query_text(q, "unit"),
                                                         query_text(q, "role"))})
 
 
@@ -376,8 +379,8 @@ async def add_override(request: web.Request) -> web.Response:
     """Add a roster override (supervisor or admin)."""
     if not _actor(request).at_least("supervisor"):
         raise DeskError(403, "forbidden", "operators cannot change rosters")
-    b = await _body(request)
-    start, end = _time(b.get("starts_at"), "starts_at"), _time(b.get("ends_at"), "ends_at")
+    b = await json_body(request)
+    start, end = parse_time(b.get("starts_at"), "starts_at"), parse_time(b.get("ends_at"), "ends_at")
     if start is None or end is None:
         raise DeskError(400, "invalid", "starts_at and ends_at are required")
     o = request.app[_DESK].add_override(_actor(request), _str(b, "roster"), _str(b, "person"), start, end,
@@ -396,7 +399,7 @@ async def figures(request: web.Request) -> web.Response:
     """Handling figures for a period: counts by industry/site/unit, MTTA, MTTR, closure and on-time rates."""
     q = request.query
     filters = _filters(q)
-    return _json(request.app[_DESK].figures(_time(q.get("since"), "since"), _time(q.get("until"), "until"),
+    return _json(request.app[_DESK].figures(parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until"),
                                             filters))
 
 
@@ -449,7 +452,7 @@ async def list_workorders(request: web.Request) -> web.Response:
         raise DeskError(400, "invalid", "mine is 0 or 1")
     wo = _orders(request)
     rows = wo.orders(_actor(request), stages=stages, grid=query_text(q, "grid", 64), mine=mine == "1",
-                     since=_time(q.get("since"), "since"), until=_time(q.get("until"), "until"),
+                     since=parse_time(q.get("since"), "since"), until=parse_time(q.get("until"), "until"),
                      limit=query_int(q, "limit", 200, 1, MAX_LIMIT), offset=query_int(q, "offset", 0, 0, 1_000_000))
     return _json({"workorders": [wo.view(o) for o in rows], "count": len(rows)})
 
@@ -467,7 +470,7 @@ async def workorder_action(request: web.Request) -> web.Response:
     """A milestone or centre action on a work order (``{action}``: accept, depart, arrive, handle, return,
     dispatch, reassign, verify, close, satisfaction, comment)."""
     oid = _id(request)
-    body = await _body(request)
+    body = await json_body(request)
     wo = _orders(request)
     o = wo.act(_actor(request), oid, request.match_info["action"], body)
     return _json({"workorder": wo.view(o)})
@@ -475,7 +478,7 @@ async def workorder_action(request: web.Request) -> web.Response:
 
 async def report_incident(request: web.Request) -> web.Response:
     """Grid staff report an incident: ``{category, summary, lat, lon, place, severity}`` opens a case."""
-    body = await _body(request)
+    body = await json_body(request)
     wo = _orders(request)
     o = wo.report(_actor(request), body)
     return _json({"workorder": wo.view(o)}, 201)
@@ -486,8 +489,8 @@ async def workorder_figures(request: web.Request) -> web.Response:
     by grid, unit, category and person."""
     q = request.query
     filters = {c: v for c in ("grid", "unit", "category") if (v := query_text(q, c, 64)) is not None}
-    return _json(_orders(request).figures(_actor(request), _time(q.get("since"), "since"),
-                                          _time(q.get("until"), "until"), filters))
+    return _json(_orders(request).figures(_actor(request), parse_time(q.get("since"), "since"),
+                                          parse_time(q.get("until"), "until"), filters))
 
 
 async def stats(request: web.Request) -> web.Response:

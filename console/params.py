@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
-from alerting.api import ID_RE, strict_json
+from alerting.api import ID_RE, DeskError, json_body
+from alerting.api import parse_time as parse_alert_time
 from broker.contracts import DEVICE_ID_PATTERN
 
-_BODY = web.RequestKey("body", dict)
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN.strip("^$"))
 
 
@@ -31,20 +30,10 @@ class ApiError(Exception):
 
 async def body_of(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body (parsed once, kept on the request); ``{}`` without a body."""
-    cached: dict[str, Any] | None = request.get(_BODY)
-    if cached is not None:
-        return cached
-    if not request.body_exists:
-        return {}
     try:
-        data = await request.json(loads=strict_json)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "invalid", "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid", "body must be a JSON object")
-    # Kept: the stream is consumed once (the middleware parses every body before the handler runs).
-    request[_BODY] = data
-    return data
+        return await json_body(request)
+    except DeskError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
 
 
 def text_field(body: dict[str, Any], key: str, limit: int = 4000) -> str:
@@ -59,24 +48,10 @@ def text_field(body: dict[str, Any], key: str, limit: int = 4000) -> str:
 
 def parse_time(value: Any, name: str) -> float | None:
     """Epoch seconds from a number or an RFC 3339 string with an offset. Raises ``ApiError``."""
-    if value is None or value == "":
-        return None
-    ts: float
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ApiError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)")
     try:
-        ts = float(value)
-    except (TypeError, ValueError):
-        try:
-            dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        except ValueError:
-            raise ApiError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)") from None
-        if dt.tzinfo is None:
-            raise ApiError(400, "invalid", f"{name}: give a time zone offset") from None
-        ts = dt.timestamp()
-    if not math.isfinite(ts) or not 0 <= ts < 253402300800:
-        raise ApiError(400, "invalid", f"{name}: out of range")
-    return ts
+        return parse_alert_time(value, name)
+    except DeskError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from None
 
 
 def seconds_param(request: web.Request, name: str, default: float, hi: float) -> float:
