@@ -22,7 +22,7 @@ from typing import Final, cast
 
 from broker.contracts import DeadLetter, dead_letter_topic, encode
 from broker.credentials import add_mqtt_arguments
-from edge.jt808.gateway import DeadLetterSink, GatewayLimits, Jt808Gateway, PublishSink, parse_listen
+from edge.jt808.gateway import DeadLetterSink, GatewayLimits, Jt808Gateway, PublishSink, limits_from_args, parse_listen
 from edge.jt808.session import Jt808Platform, SessionOutput
 from edge.jt809.directory import DirectoryError, FilePlatforms, RegistryVehicles, load_platforms
 from edge.jt809.session import STAGE, Jt809Platform, SubLinkRequest, relabel
@@ -150,13 +150,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "unreachable and deliver them in order, all QoS 1 (default: publish directly)")
     p.add_argument("--gateway-name", default="jt809", help="gateway identity with --data-dir (default jt809)")
     return p
-
-
-def limits_from_args(args: argparse.Namespace) -> GatewayLimits:
-    """The server's bounds from parsed options."""
-    return GatewayLimits(idle_timeout_s=args.idle_timeout, auth_timeout_s=args.auth_timeout,
-                         max_connections=args.max_connections, max_per_address=args.max_per_address,
-                         max_preauth_per_address=args.max_preauth_per_address, queue_limit=args.queue_limit)
 
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
