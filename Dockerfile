@@ -19,6 +19,7 @@ COPY alerting ./alerting
 COPY storage ./storage
 COPY console ./console
 COPY simulators ./simulators
+COPY scenario ./scenario
 # constraints.txt: the exact versions CI tested.
 RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir -c constraints.txt .
 ENV PATH=/opt/venv/bin:$PATH

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from alerting.errors import AlertingError
+
 MIN_TOKEN_CHARS = 24
 MIN_TOKEN_BITS = 85.0
 """Estimated entropy (length times the Shannon entropy of its characters). ``secrets.token_urlsafe(32)``
@@ -50,7 +52,7 @@ def digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-class TokenError(ValueError):
+class TokenError(AlertingError, ValueError):
     """A configured token is missing or too weak; the message names the config key."""
 
 

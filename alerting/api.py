@@ -11,37 +11,37 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from alerting.access import GuessLimiter, TokenBook
-from alerting.desk import Actor, AlertDesk
-from alerting.desk import DeskError as DeskError  # re-exported: the error type of this module's parsers
-from alerting.lifecycle import AlertRecord, to_contract
-from alerting.masking import mask_url
+from alerting.desk import Actor, DeskError, Forbidden, Invalid, NotFound, make_actor
+from alerting.engine import AlertingEngine
+from alerting.lifecycle import AlertRecord
 from alerting.openapi import OPENAPI
-from alerting.service import AlertingService
-from alerting.vehicle_commands import driver_text
+from alerting.surface.core import AlertingSurface, as_json, iso
+from alerting.surface.params import ID_RE, json_body, parse_time, query_int, query_text
+from alerting.surface.views import (
+    FILTER_COLUMNS,
+    MAX_LIMIT,
+    NOTIFICATION_STATUSES,
+    STATUSES,
+    AlertQuery,
+    NotificationQuery,
+)
+from alerting.templates import mask_url
+from alerting.workorders.desk import WorkOrderDesk
 
-_DESK = web.AppKey("desk", AlertDesk)
-_SVC = web.AppKey("svc", AlertingService)
+_SURFACE = web.AppKey("surface", AlertingSurface)
 _TOKENS = web.AppKey("tokens", TokenBook)
 _LIMITER = web.AppKey("limiter", GuessLimiter)
 _ACTOR = web.RequestKey("actor", Actor)
-_BODY = web.RequestKey("body", dict)
-FILTER_COLUMNS = ("kind", "site", "unit", "industry", "severity", "device_id")
-STATUSES = ("firing", "acknowledged", "resolved")
-NOTIFICATION_STATUSES = ("pending", "sending", "sent", "dead", "digested")
-MAX_LIMIT = 5000
 MAX_TEXT = 4000
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
-"""Alert, silence and override ids: what the service generates, and what a client may choose on PUT."""
+__all__ = ["FILTER_COLUMNS", "NOTIFICATION_STATUSES", "STATUSES", "build_app"]
 PUBLIC = ("/api/openapi.json", "/api/health")
 GRID_STAFF_PATHS = re.compile(r"/api/(me|grids|workorders(/.*)?)")
 """The only routes grid staff may use (the work orders of their grids); everything else is 403."""
@@ -49,120 +49,23 @@ WO_STAGES = ("new", "dispatched", "accepted", "en_route", "on_site", "handled", 
 log = logging.getLogger(__name__)
 
 
-def parse_time(value: Any, name: str) -> float | None:
-    """Epoch seconds from a number or an RFC 3339 string with an offset (None when empty); raises ``DeskError``."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise DeskError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)")
-    ts: float | None = None
-    if isinstance(value, int | float):
-        ts = float(value)
-    else:
-        try:
-            ts = float(value)
-        except (TypeError, ValueError):
-            try:
-                dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-            except ValueError:
-                raise DeskError(400, "invalid", f"{name}: not a time (RFC 3339 or epoch seconds)") from None
-            if dt.tzinfo is None:
-                raise DeskError(400, "invalid", f"{name}: give a time zone offset") from None
-            ts = dt.timestamp()
-    # Beyond year 1970..9999 datetime cannot represent it (and nan/inf are not times).
-    if not math.isfinite(ts) or not 0 <= ts < 253402300800:
-        raise DeskError(400, "invalid", f"{name}: out of range")
-    return ts
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def strict_json(text: str) -> Any:
-    """``json.loads`` refusing the non-standard NaN and Infinity Python would accept."""
-    return json.loads(text, parse_constant=_no_constant)
-
-
-def query_int(q: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    """An integer query parameter within ``lo``..``hi``. Raises ``DeskError`` 400 naming it."""
-    raw = q.get(name)
-    if raw is None or raw == "":
-        return default
-    if not re.fullmatch(r"-?[0-9]{1,12}", raw):
-        raise DeskError(400, "invalid", f"{name} must be an integer {lo} .. {hi}")
-    v = int(raw)
-    if not lo <= v <= hi:
-        raise DeskError(400, "invalid", f"{name} must be {lo} .. {hi}")
-    return v
-
-
-def query_text(q: Mapping[str, str], name: str, limit: int = 200) -> str | None:
-    """A free-text query parameter of at most ``limit`` characters, or None when absent."""
-    raw = q.get(name)
-    if raw is None or raw == "":
-        return None
-    if len(raw) > limit or any(ord(c) < 32 for c in raw):
-        raise DeskError(400, "invalid", f"{name}: at most {limit} printable characters")
-    return raw
-
-
 def _filters(q: Mapping[str, str]) -> dict[str, str]:
     out = {c: v for c in FILTER_COLUMNS if (v := query_text(q, c)) is not None}
     if "severity" in out and out["severity"] not in ("info", "warning", "major", "critical"):
-        raise DeskError(400, "invalid", "severity must be info, warning, major or critical")
+        raise Invalid("severity must be info, warning, major or critical")
     return out
 
 
 def _id(request: web.Request, name: str = "id") -> str:
     value = request.match_info[name]
     if not ID_RE.fullmatch(value):
-        raise DeskError(404, "not_found", f"no such {name} (ids are letters, digits and _.:-)")
+        raise NotFound(f"no such {name} (ids are letters, digits and _.:-)")
     return value
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def alert_json(svc: AlertingService, rec: AlertRecord) -> dict[str, Any]:
-    """An alert for API responses: the public ``Alert`` plus handling fields."""
-    out: dict[str, Any] = msgspec.to_builtins(to_contract(rec))
-    muted = svc.muter.mute_reason(rec.id, rec.match_labels(), svc.clock()) if rec.is_open else None
-    out.update(unit=rec.assigned_unit or rec.unit, industry=rec.industry, assigned_unit=rec.assigned_unit,
-               acknowledged_at=_iso(rec.acknowledged_at), resolved_by=rec.resolved_by,
-               ack_overdue=rec.ack_overdue, resolve_overdue=rec.resolve_overdue, reopen_count=rec.reopen_count,
-               escalation={"policy": rec.esc_policy, "next_step": rec.esc_next_step, "repeats": rec.esc_repeats},
-               muted={"kind": muted.kind, "id": muted.id} if muted else None)
-    if svc.workorders is not None:  # the case's work order, when it is still open
-        wo = svc.workorders.open.get(rec.id)
-        out["work_order"] = None if wo is None else {"stage": wo.stage, "grid": wo.grid, "assignee": wo.assignee,
-                                                     "overdue": wo.overdue, "link": svc.workorders.link(rec.id)}
-    return out
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, text=json.dumps(data, ensure_ascii=False, default=str),
                         content_type="application/json")
-
-
-async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body (parsed once, kept on the request); ``{}`` without one. Raises ``DeskError``."""
-    cached: dict[str, Any] | None = request.get(_BODY)
-    if cached is not None:
-        return cached
-    if not request.body_exists:
-        return {}
-    try:
-        data = await request.json(loads=strict_json)
-    except (ValueError, RecursionError):
-        raise DeskError(400, "invalid", "body is not JSON") from None
-    if not isinstance(data, dict):
-        raise DeskError(400, "invalid", "body must be a JSON object")
-    # Kept: the stream is consumed once (the middleware parses every body before the handler runs).
-    request[_BODY] = data
-    return data
 
 
 def _actor(request: web.Request) -> Actor:
@@ -176,9 +79,9 @@ def _str(body: dict[str, Any], key: str, default: str = "", limit: int = MAX_TEX
     if v is None:
         return default
     if not isinstance(v, str):
-        raise DeskError(400, "invalid", f"{key} must be a string")
+        raise Invalid(f"{key} must be a string")
     if len(v) > limit:
-        raise DeskError(400, "invalid", f"{key}: at most {limit} characters")
+        raise Invalid(f"{key}: at most {limit} characters")
     return v
 
 
@@ -187,7 +90,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def _authenticate(request: web.Request) -> Actor:
     limiter, client = request.app[_LIMITER], request.remote or "-"
-    now = request.app[_SVC].clock()
+    surface = request.app[_SURFACE]
+    now = surface.clock()
     # Checked before the token: once an address (or everyone) guessed too often, even a right guess is refused.
     if limiter.blocked("*bearer*", client, now) is not None:
         raise DeskError(429, "too_many_failures", "too many failed tokens; wait a few minutes")
@@ -197,9 +101,9 @@ def _authenticate(request: web.Request) -> Actor:
     if owner is None:
         if header:
             limiter.failed("*bearer*", client, now)
-            request.app[_SVC].counters["api_auth_failures"] += 1
+            surface.count("api_auth_failures")
         raise DeskError(401, "unauthorized", "missing or unknown bearer token")
-    return Actor(owner.name, owner.role, owner.unit)  # type: ignore[arg-type]
+    return make_actor(owner.name, owner.role, owner.unit)
 
 
 @web.middleware
@@ -208,11 +112,11 @@ async def _errors_and_auth(request: web.Request, handler: Handler) -> web.Stream
         if request.path not in PUBLIC:
             request[_ACTOR] = actor = _authenticate(request)
             if actor.role == "grid_staff" and not GRID_STAFF_PATHS.fullmatch(request.path):
-                raise DeskError(403, "forbidden", "grid staff only use the work orders of their grids")
+                raise Forbidden("grid staff only use the work orders of their grids")
         # A body, when sent, must be a JSON object, whether the route reads it or not; DELETE takes none.
         if request.method in ("POST", "PUT", "PATCH", "DELETE") and request.body_exists \
                 and await json_body(request) and request.method == "DELETE":
-            raise DeskError(400, "invalid", "DELETE takes no body")
+            raise Invalid("DELETE takes no body")
         return await handler(request)
     except DeskError as exc:
         return _json({"error": exc.code, "message": str(exc)}, exc.status)
@@ -247,33 +151,35 @@ async def list_alerts(request: web.Request) -> web.Response:
     q = request.query
     status = [s for s in (query_text(q, "status") or "").split(",") if s] or None
     if status is not None and not set(status) <= set(STATUSES):
-        raise DeskError(400, "invalid", f"status is a comma-separated list of {', '.join(STATUSES)}")
+        raise Invalid(f"status is a comma-separated list of {', '.join(STATUSES)}")
     limit = query_int(q, "limit", 200, 1, MAX_LIMIT)
     offset = query_int(q, "offset", 0, 0, 1_000_000)
     filters = _filters(q)
-    svc = request.app[_SVC]
-    recs = request.app[_DESK].alerts(status=status, since=parse_time(q.get("since"), "since"),
-                                   until=parse_time(q.get("until"), "until"), filters=filters, limit=limit, offset=offset)
-    return _json({"alerts": [alert_json(svc, r) for r in recs], "count": len(recs)})
+    surface = request.app[_SURFACE]
+    recs = surface.alerts(AlertQuery(status=tuple(status or ()), since=parse_time(q.get("since"), "since"),
+                                     until=parse_time(q.get("until"), "until"), filters=tuple(filters.items()),
+                                     limit=limit, offset=offset))
+    return _json({"alerts": [surface.alert_json(r) for r in recs], "count": len(recs)})
 
 
 async def get_alert(request: web.Request) -> web.Response:
     """One alert with its timeline and notifications."""
-    desk, svc = request.app[_DESK], request.app[_SVC]
+    surface = request.app[_SURFACE]
     aid = _id(request)
-    rec = desk.get(aid)
-    timeline = [{"ts": _iso(e.ts), "actor": e.actor, "action": e.action, "detail": e.detail}
-                for e in desk.timeline(aid)]
-    notes = [n.public() for n in svc.store.notifications(alert_id=aid, limit=100)]
-    return _json({"alert": alert_json(svc, rec), "timeline": timeline, "notifications": notes})
+    rec = surface.alert(aid)
+    timeline = [{"ts": iso(e.ts), "actor": e.actor, "action": e.action, "detail": e.detail}
+                for e in surface.timeline(aid)]
+    notes = [n.public() for n in surface.notifications(NotificationQuery(alert_id=aid, limit=100))]
+    return _json({"alert": surface.alert_json(rec), "timeline": timeline, "notifications": notes})
 
 
-def _action(fn: Callable[[AlertDesk, str, Actor, dict[str, Any]], AlertRecord]) -> Handler:
+def _action(fn: Callable[[AlertingSurface, str, Actor, dict[str, Any]], AlertRecord]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         aid = _id(request)
         body = await json_body(request)
-        rec = fn(request.app[_DESK], aid, _actor(request), body)
-        return _json({"alert": alert_json(request.app[_SVC], rec)})
+        surface = request.app[_SURFACE]
+        rec = fn(surface, aid, _actor(request), body)
+        return _json({"alert": surface.alert_json(rec)})
 
     handler.__doc__ = fn.__doc__
     return handler
@@ -283,55 +189,47 @@ async def driver_text_action(request: web.Request) -> web.Response:
     """Send a text to the driver of the alert's vehicle (JT/T 808 0x8300); recorded in the timeline."""
     aid = _id(request)
     body = await json_body(request)
-    actor = _actor(request)
-    desk = request.app[_DESK]
-    rec = desk.get(aid)
-    try:
-        topic, payload, cid = driver_text(rec, actor.name, _str(body, "text"), emergency=body.get("emergency") is True)
-    except ValueError as exc:
-        raise DeskError(400, "invalid", str(exc)) from None
-    # Recorded first: the comment checks the actor may handle this alert, and nothing is sent if not.
-    rec = desk.comment(aid, actor, f"[发送驾驶员短信 0x8300 / text to driver, command {cid}] {_str(body, 'text')}")
-    request.app[_SVC].mqtt.publish_nowait(topic, payload, qos=1)
-    return _json({"alert": alert_json(request.app[_SVC], rec), "command_id": cid})
+    surface = request.app[_SURFACE]
+    rec, cid = surface.text_driver(aid, _actor(request), _str(body, "text"), emergency=body.get("emergency") is True)
+    return _json({"alert": surface.alert_json(rec), "command_id": cid})
 
 
-def _ack(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
+def _ack(d: AlertingSurface, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
     """Acknowledge."""
     return d.acknowledge(aid, a, _str(b, "note"))
 
 
-def _assign(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
+def _assign(d: AlertingSurface, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
     """Assign."""
     return d.assign(aid, a, _str(b, "assignee") or None, _str(b, "unit") or None, _str(b, "note"))
 
 
-def _comment(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
+def _comment(d: AlertingSurface, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
     """Comment."""
     text = _str(b, "text")
     if not text.strip():
-        raise DeskError(400, "invalid", "text is required")
+        raise Invalid("text is required")
     return d.comment(aid, a, text)
 
 
-def _resolve(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
+def _resolve(d: AlertingSurface, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
     """Close with a reason."""
     return d.close(aid, a, _str(b, "reason"))
 
 
-def _severity(d: AlertDesk, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
+def _severity(d: AlertingSurface, aid: str, a: Actor, b: dict[str, Any]) -> AlertRecord:
     """Change severity."""
     return d.set_severity(aid, a, _str(b, "severity"), _str(b, "reason"))
 
 
 def _silence_json(s: Any) -> dict[str, Any]:
-    return {"id": s.id, "matchers": s.matchers, "starts_at": _iso(s.starts_at), "ends_at": _iso(s.ends_at),
-            "author": s.author, "comment": s.comment, "created_at": _iso(s.created_at)}
+    return {"id": s.id, "matchers": s.matchers, "starts_at": iso(s.starts_at), "ends_at": iso(s.ends_at),
+            "author": s.author, "comment": s.comment, "created_at": iso(s.created_at)}
 
 
 async def list_silences(request: web.Request) -> web.Response:
     """Every silence in force or scheduled."""
-    return _json({"silences": [_silence_json(s) for s in request.app[_DESK].silences()]})
+    return _json({"silences": [_silence_json(s) for s in request.app[_SURFACE].silences()]})
 
 
 async def put_silence(request: web.Request) -> web.Response:
@@ -341,11 +239,11 @@ async def put_silence(request: web.Request) -> web.Response:
     matchers = b.get("matchers")
     if not isinstance(matchers, list) or not all(isinstance(m, str) and len(m) <= 500 for m in matchers) \
             or len(matchers) > 50:
-        raise DeskError(400, "invalid", "matchers must be a list (at most 50) of strings like 'site=tower-a'")
+        raise Invalid("matchers must be a list (at most 50) of strings like 'site=tower-a'")
     ends = parse_time(b.get("ends_at"), "ends_at")
     if ends is None:
-        raise DeskError(400, "invalid", "ends_at is required")
-    s = request.app[_DESK].create_silence(_actor(request), matchers, ends, parse_time(b.get("starts_at"), "starts_at"),
+        raise Invalid("ends_at is required")
+    s = request.app[_SURFACE].create_silence(_actor(request), matchers, ends, parse_time(b.get("starts_at"), "starts_at"),
                                           _str(b, "comment"), sid)
     return _json({"silence": _silence_json(s)}, 200 if request.method == "PUT" else 201)
 
@@ -353,37 +251,37 @@ async def put_silence(request: web.Request) -> web.Response:
 async def delete_silence(request: web.Request) -> web.Response:
     """Expire a silence."""
     sid = _id(request)
-    request.app[_DESK].delete_silence(_actor(request), sid)
+    request.app[_SURFACE].delete_silence(_actor(request), sid)
     return _json({"deleted": sid})
 
 
 async def oncall(request: web.Request) -> web.Response:
     """Who is on duty (now, or ``at``) for a unit and role."""
     q = request.query
-    return _json({"on_duty": request.app[_DESK].on_duty(parse_time(q.get("at"), "at"), query_text(q, "unit"),
-                                                        query_text(q, "role"))})
+    shifts = request.app[_SURFACE].on_duty(parse_time(q.get("at"), "at"), query_text(q, "unit"), query_text(q, "role"))
+    return _json({"on_duty": [as_json(s) for s in shifts]})
 
 
 async def rosters(request: web.Request) -> web.Response:
     """Rosters, people (channels masked) and overrides."""
-    svc = request.app[_SVC]
+    surface = request.app[_SURFACE]
     return _json({
         "people": [{"id": p.id, "name": p.name, "roles": p.roles, "unit": p.unit,
-                    "channels": [mask_url(u) for u in p.channels]} for p in svc.roster.people.values()],
-        "rosters": [msgspec.to_builtins(r) for r in svc.roster.rosters.values()],
-        "overrides": [msgspec.to_builtins(o) for o in svc.roster.overrides.values()],
+                    "channels": [mask_url(u) for u in p.channels]} for p in surface.people()],
+        "rosters": [msgspec.to_builtins(r) for r in surface.rosters()],
+        "overrides": [msgspec.to_builtins(o) for o in surface.overrides()],
     })
 
 
 async def add_override(request: web.Request) -> web.Response:
     """Add a roster override (supervisor or admin)."""
     if not _actor(request).at_least("supervisor"):
-        raise DeskError(403, "forbidden", "operators cannot change rosters")
+        raise Forbidden("operators cannot change rosters")
     b = await json_body(request)
     start, end = parse_time(b.get("starts_at"), "starts_at"), parse_time(b.get("ends_at"), "ends_at")
     if start is None or end is None:
-        raise DeskError(400, "invalid", "starts_at and ends_at are required")
-    o = request.app[_DESK].add_override(_actor(request), _str(b, "roster"), _str(b, "person"), start, end,
+        raise Invalid("starts_at and ends_at are required")
+    o = request.app[_SURFACE].add_override(_actor(request), _str(b, "roster"), _str(b, "person"), start, end,
                                         _str(b, "reason"))
     return _json({"override": msgspec.to_builtins(o)}, 201)
 
@@ -391,7 +289,7 @@ async def add_override(request: web.Request) -> web.Response:
 async def delete_override(request: web.Request) -> web.Response:
     """Remove a roster override (supervisor or admin)."""
     oid = _id(request)
-    request.app[_DESK].delete_override(_actor(request), oid)
+    request.app[_SURFACE].delete_override(_actor(request), oid)
     return _json({"deleted": oid})
 
 
@@ -399,38 +297,34 @@ async def figures(request: web.Request) -> web.Response:
     """Handling figures for a period: counts by industry/site/unit, MTTA, MTTR, closure and on-time rates."""
     q = request.query
     filters = _filters(q)
-    return _json(request.app[_DESK].figures(parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until"),
+    return _json(request.app[_SURFACE].figures(parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until"),
                                             filters))
 
 
 async def notifications(request: web.Request) -> web.Response:
     """The notification log (``status=dead`` for the dead-letter list)."""
     q = request.query
-    status = query_text(q, "status")
-    if status is not None and status not in NOTIFICATION_STATUSES:
-        raise DeskError(400, "invalid", f"status must be one of {', '.join(NOTIFICATION_STATUSES)}")
-    rows = request.app[_SVC].store.notifications(status=status, alert_id=query_text(q, "alert_id", 128),
-                                                 limit=query_int(q, "limit", 200, 1, MAX_LIMIT))
+    rows = request.app[_SURFACE].notifications(NotificationQuery(
+        status=query_text(q, "status"), alert_id=query_text(q, "alert_id", 128),
+        limit=query_int(q, "limit", 200, 1, MAX_LIMIT)))
     return _json({"notifications": [r.public() for r in rows]})
 
 
 async def notification(request: web.Request) -> web.Response:
     """One notification with every delivery attempt."""
-    svc = request.app[_SVC]
+    surface = request.app[_SURFACE]
     raw = request.match_info["id"]
     if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
-        raise DeskError(404, "not_found", "notification ids are positive integers")
+        raise NotFound("notification ids are positive integers")
     nid = int(raw)
-    row = svc.store.notification(nid)
-    if row is None:
-        raise DeskError(404, "not_found", f"no notification {nid}")
-    return _json({"notification": row.public(), "attempts": svc.store.attempts(nid)})
+    row = surface.notification(nid)
+    return _json({"notification": row.public(), "attempts": [as_json(a) for a in surface.attempts(nid)]})
 
 
-def _orders(request: web.Request) -> Any:
-    wo = request.app[_SVC].workorders
+def _orders(request: web.Request) -> WorkOrderDesk:
+    wo = request.app[_SURFACE].workorders
     if wo is None:
-        raise DeskError(404, "not_found", "work orders are not enabled (alerting.workorders.enabled)")
+        raise NotFound("work orders are not enabled (alerting.workorders.enabled)")
     return wo
 
 
@@ -446,10 +340,10 @@ async def list_workorders(request: web.Request) -> web.Response:
     q = request.query
     stages = [s for s in (query_text(q, "stage") or "").split(",") if s] or None
     if stages is not None and not set(stages) <= set(WO_STAGES):
-        raise DeskError(400, "invalid", f"stage is a comma-separated list of {', '.join(WO_STAGES)}")
+        raise Invalid(f"stage is a comma-separated list of {', '.join(WO_STAGES)}")
     mine = query_text(q, "mine")
     if mine not in (None, "0", "1"):
-        raise DeskError(400, "invalid", "mine is 0 or 1")
+        raise Invalid("mine is 0 or 1")
     wo = _orders(request)
     rows = wo.orders(_actor(request), stages=stages, grid=query_text(q, "grid", 64), mine=mine == "1",
                      since=parse_time(q.get("since"), "since"), until=parse_time(q.get("until"), "until"),
@@ -495,15 +389,14 @@ async def workorder_figures(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     """The service's counters."""
-    return _json(request.app[_SVC].stats())
+    return _json(request.app[_SURFACE].stats())
 
 
-def build_app(svc: AlertingService) -> web.Application:
+def build_app(svc: AlertingEngine) -> web.Application:
     """The aiohttp application serving the API for one service."""
     api = svc.config.api
     app = web.Application(middlewares=[_errors_and_auth], client_max_size=api.max_body_bytes)
-    app[_SVC] = svc
-    app[_DESK] = svc.desk
+    app[_SURFACE] = AlertingSurface(svc)
     app[_TOKENS] = TokenBook.from_users(svc.config.users, strict=False)
     app[_LIMITER] = GuessLimiter(api.auth_failures, api.auth_window_s, api.auth_failures_global)
     r = app.router

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from alerting.errors import AlertingError
 from alerting.evidence import EvidenceConfig
 from alerting.workorders.model import OrderPolicy, default_policies
 
@@ -316,7 +317,7 @@ class AlertingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notification_log_keep: int = 200000
 
 
-class AlertingConfigError(ValueError):
+class AlertingConfigError(AlertingError, ValueError):
     """The alerting configuration is invalid; the message names the key."""
 
 

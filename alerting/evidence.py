@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from alerting.errors import AlertingError
+
 log = logging.getLogger(__name__)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -68,7 +70,7 @@ def origin_of(url: str) -> tuple[str, str, int] | None:
     return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
 
 
-class EvidenceRefused(Exception):
+class EvidenceRefused(AlertingError):
     """A snapshot reference was not used; ``reason`` is a short machine-readable word."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

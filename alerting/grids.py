@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alerting.errors import AlertingError
+
 log = logging.getLogger(__name__)
 
 Ring = tuple[tuple[float, float], ...]
 
 
-class GridError(ValueError):
+class GridError(AlertingError, ValueError):
     """A grids file is invalid; the message names the file, the feature and the problem."""
 
 

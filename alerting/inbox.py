@@ -31,11 +31,17 @@ class Received:
 
 @dataclass
 class NotificationInbox:
-    """Listens on ``host:port`` and records every POST; ``fail_paths`` answer 500 (failover tests)."""
+    """Listens on ``host:port`` and records every POST; ``fail_paths`` answer 500 (failover tests).
+
+    ``answers`` scripts a path's next HTTP statuses (``{"/op": [503]}``: the first POST gets 503, later ones are
+    accepted); ``hits`` counts every POST per path, answered or not.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
     fail_paths: set[str] = field(default_factory=set)
+    answers: dict[str, list[int]] = field(default_factory=dict)
+    hits: dict[str, int] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     on_received: Callable[[Received], None] | None = None
     """Called with every notification as it arrives (the demo prints and logs them)."""
@@ -43,6 +49,10 @@ class NotificationInbox:
     _event: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def _handle(self, request: web.Request) -> web.Response:
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        script = self.answers.get(request.path)
+        if script:
+            return web.Response(status=script.pop(0), text="scripted answer")
         if request.path in self.fail_paths:
             return web.Response(status=500, text="failing on purpose")
         try:

@@ -1,22 +1,29 @@
-"""The alert lifecycle as a pure state machine: firing -> acknowledged -> resolved.
+"""The alert lifecycle as a pure state machine (firing -> acknowledged -> resolved), and the book of open alerts.
 
 Functions take the current record, an input (a rule's transition or a person's action) and
 ``now`` (epoch seconds) and return the new record with the audit events to record. They never
 do I/O; the service stores and publishes what they return.
+
+``AlertBook`` holds the open alerts in memory, indexed by fingerprint, and is the one way a change is
+saved: ``AlertBook.save`` writes the record and its audit events into the store's open transaction, the
+in-memory index and the inhibition index follow, and the listeners hear of it (the timers re-arm the
+alert's deadlines and escalation, the publisher queues its new state).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
 from alerting.config import Deadlines
+from alerting.errors import AlertingError
+from alerting.muting import Inhibitor
 from broker.contracts import Alert, AlertStatus, Kind, MetricValue, Severity, Transition
 
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.MAJOR: 2, Severity.CRITICAL: 3}
@@ -108,7 +115,7 @@ class Outcome:
         return self.change in ("new", "reopened", "severity", "resolved")
 
 
-class LifecycleError(Exception):
+class LifecycleError(AlertingError):
     """An action that does not apply to the alert's state (``code`` like ``conflict``)."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -304,3 +311,72 @@ def to_contract(rec: AlertRecord) -> Alert:
         resolve_by=_dt(rec.resolve_by) if rec.resolve_by is not None else None,
         snapshot_url=rec.snapshot_url, reason=rec.reason,
     )
+
+
+_RECV_MAX = 100_000
+
+
+def _nothing(rec: AlertRecord) -> None:
+    return None
+
+
+class AlertWrites(Protocol):
+    """What the book writes to (``alerting.store.AlertStore``, which imports this module)."""
+
+    def put_alert(self, rec: AlertRecord) -> None:
+        """Insert or replace an alert."""
+        ...
+
+    def add_events(self, events: Iterable[AuditEvent]) -> None:
+        """Append audit events."""
+        ...
+
+
+S = TypeVar("S", bound=AlertWrites)
+
+
+class AlertBook(Generic[S]):
+    """Open alerts and their write-through to the store."""
+
+    def __init__(self, store: S, inhibitor: Inhibitor) -> None:
+        self.store = store
+        self.inhibitor = inhibitor
+        self.open: dict[str, AlertRecord] = {}
+        self.by_fingerprint: dict[str, str] = {}
+        self.received_at: dict[str, float] = {}
+        """When the transition that last changed an alert was received (latency tracing)."""
+        self.on_open: Callable[[AlertRecord], None] = _nothing
+        """Called for every open alert remembered (the timers schedule it)."""
+        self.on_saved: Callable[[AlertRecord], None] = _nothing
+        """Called for every saved change (the publisher queues it)."""
+
+    def remember(self, rec: AlertRecord) -> None:
+        """Index a record in memory (no store write): open ones are kept, closed ones forgotten."""
+        if rec.is_open:
+            self.open[rec.id] = rec
+            self.by_fingerprint[rec.fingerprint] = rec.id
+            self.on_open(rec)
+        else:
+            self.open.pop(rec.id, None)
+            if self.by_fingerprint.get(rec.fingerprint) == rec.id:
+                del self.by_fingerprint[rec.fingerprint]
+        self.inhibitor.update(rec.id, rec.match_labels(), rec.is_open)
+
+    def save(self, rec: AlertRecord, events: Sequence[AuditEvent] = ()) -> None:
+        """Write an alert's new state and its audit events, index it and tell the listeners."""
+        self.store.put_alert(rec)
+        if events:
+            self.store.add_events(events)
+        self.remember(rec)
+        self.on_saved(rec)
+
+    def current(self, fingerprint: str) -> AlertRecord | None:
+        """The open alert with this fingerprint."""
+        aid = self.by_fingerprint.get(fingerprint)
+        return self.open.get(aid) if aid else None
+
+    def received(self, alert_id: str, at: float) -> None:
+        """Remember when the transition that changed ``alert_id`` was received."""
+        self.received_at[alert_id] = at
+        if len(self.received_at) > _RECV_MAX:
+            self.received_at.clear()

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from alerting.config import InhibitRule, MaintenanceWindow
-from alerting.matchers import Matcher, match_all, parse_matchers
+from alerting.router import Matcher, match_all, parse_matchers
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,14 @@ costs its own messages at most ``timeout_s`` per attempt before failover to the 
 next channel, and never holds a thread or a slot another channel needs. Each channel is tried ``attempts`` times with jittered
 exponential backoff; then the next channel of the recipient (failover). The time each
 notification is first handed to Apprise is recorded for latency tracing.
+
+Every attempt ends in a typed result, ``Delivered`` or ``Failed(reason, recoverable)``. Only
+recoverable failures (timeouts, connection errors, HTTP 5xx / 408 / 429, a busy channel) are
+retried; a permanent one (an URL Apprise cannot parse, HTTP 4xx such as 401 or 400, a plugin
+crash) moves on to the recipient's next channel at once, and the last channel's permanent failure
+dead-letters the notification without retries. Apprise's ``notify()`` itself only says yes or no;
+the HTTP status and connection errors are read from the log lines Apprise captures per attempt
+(see ``classify_apprise``). What cannot be told apart is treated as recoverable, as before.
 """
 
 from __future__ import annotations
@@ -16,22 +24,29 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import apprise
 
 from alerting.config import Retry
 from alerting.evidence import EvidencePolicy, EvidenceRefused
-from alerting.masking import mask_url
+from alerting.templates import mask_url
 
 log = logging.getLogger(__name__)
-# Apprise's own log lines can contain full URLs; keep only its errors (which we never re-emit with URLs).
-logging.getLogger("apprise").setLevel(logging.CRITICAL)
+# Apprise's own log lines can contain full URLs: they never reach Vigil's log handlers (no propagation).
+# Its warnings are still recorded, because Apprise captures them per attempt and they carry the HTTP
+# status a plugin saw, which tells a permanent failure from a recoverable one (classify_apprise).
+_apprise_log = logging.getLogger("apprise")
+_apprise_log.setLevel(logging.WARNING)
+_apprise_log.propagate = False
+_apprise_log.addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +65,108 @@ class Message:
     """A local file the sender wrote from checked evidence bytes (set by the sender, not by callers)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """The channel accepted the message."""
+
+    ok: Literal[True] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The channel did not take the message; ``recoverable`` says whether trying again may help.
+
+    ``reason`` is a short machine word (``http_401``, ``http_503``, ``connection``, ``timeout``,
+    ``channel_busy``, ``invalid_url``, ``no_channels``, ``plugin_error``, ``apprise_failure``,
+    ``transport``); ``detail`` is a URL-free text for the notification log.
+    """
+
+    reason: str
+    recoverable: bool
+    detail: str = ""
+    ok: Literal[False] = False
+
+    @property
+    def error(self) -> str:
+        """The text stored with the attempt: detail, then whether it is permanent."""
+        text = self.detail or self.reason
+        return text if self.recoverable else f"{text} (permanent)"
+
+
+SendResult = Delivered | Failed
+"""The typed outcome of one attempt on one channel."""
+
+DELIVERED = Delivered()
+
+_RECOVERABLE_HTTP = frozenset({408, 425, 429})
+
+
+def classify_http(status: int) -> SendResult:
+    """An HTTP answer as a result: 2xx delivered; 5xx, 408, 425 and 429 recoverable; anything else permanent."""
+    if 200 <= status < 300:
+        return DELIVERED
+    recoverable = status >= 500 or status in _RECOVERABLE_HTTP
+    return Failed(f"http_{status}", recoverable, f"http {status}")
+
+
+_HTTP_ERROR = re.compile(r"error=(\d{3})\b")
+_CONNECTION = re.compile(r"connection error|socket exception|timed out|timeout", re.IGNORECASE)
+
+
+def classify_apprise(result: object) -> SendResult:
+    """Classify an ``Apprise.notify()`` result by what Apprise can tell.
+
+    Apprise's plugins log ``... error=<HTTP status>.`` when a server answers outside 2xx (about 160 of
+    its 183 plugins) and ``A Connection error occurred ...`` when the request did not get through;
+    Apprise 2.x captures those lines on each attempt of its result. A result without such a line (a
+    plugin that reports nothing usable, or Apprise 1.x, whose result is a plain bool) cannot be
+    told apart and counts as recoverable, so it is retried as before.
+    """
+    if bool(result):
+        return DELIVERED
+    status = getattr(result, "status", None)
+    lines: list[str] = []
+    for service in result if isinstance(result, Iterable) else ():
+        for attempt in getattr(service, "attempts", ()):
+            lines += [str(getattr(e, "message", "")) for e in getattr(attempt, "logs", ())]
+    for line in reversed(lines):  # the last attempt's own words decide
+        if (m := _HTTP_ERROR.search(line)) is not None:
+            return classify_http(int(m.group(1)))
+        if _CONNECTION.search(line):
+            return Failed("connection", True, "connection error")
+    if getattr(status, "name", "") == "TIMEOUT":
+        return Failed("timeout", True, "apprise timeout")
+    return Failed("apprise_failure", True, "apprise failure")
+
+
+def as_result(value: SendResult | tuple[bool, str | None]) -> SendResult:
+    """A transport's answer as a result; a plain ``(ok, error)`` pair cannot say more, so its failure is recoverable."""
+    if isinstance(value, (Delivered, Failed)):
+        return value
+    ok, err = value
+    return DELIVERED if ok else Failed("transport", True, err or "transport failure")
+
+
 @dataclass(slots=True)
 class Attempt:
-    """One try on one channel."""
+    """One try on one channel and its typed result."""
 
     channel: str
     """Masked URL."""
     attempt: int
-    ok: bool
     started_at: float
     elapsed_ms: float
-    error: str | None = None
+    result: SendResult
+
+    @property
+    def ok(self) -> bool:
+        """Whether the channel took the message."""
+        return self.result.ok
+
+    @property
+    def error(self) -> str | None:
+        """URL-free failure text (None when delivered)."""
+        return self.result.error if isinstance(self.result, Failed) else None
 
 
 @dataclass(slots=True)
@@ -73,10 +179,13 @@ class Delivery:
     channel: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     error: str | None = None
+    failure: Failed | None = None
+    """The last failure when nothing delivered (its ``recoverable`` says whether the outbox may try later)."""
 
 
-Transport = Callable[[str, Message], tuple[bool, str | None]]
-"""Sends a message to one URL synchronously; returns (ok, error). Replaceable in tests and benchmarks."""
+Transport = Callable[[str, Message], SendResult | tuple[bool, str | None]]
+"""Sends a message to one URL synchronously; returns a result (or a legacy ``(ok, error)`` pair). Replaceable in
+tests and benchmarks."""
 
 
 def _calling_thread_asset() -> apprise.AppriseAsset:
@@ -98,10 +207,10 @@ def apprise_transport(timeout_s: float) -> Transport:
     sender enforces the deadline; the plugin's socket timeouts free the thread soon after.
     """
 
-    def send(url: str, msg: Message) -> tuple[bool, str | None]:
+    def send(url: str, msg: Message) -> SendResult:
         ap = apprise.Apprise(asset=_calling_thread_asset())
         if not ap.add(url):
-            return False, "invalid apprise url"
+            return Failed("invalid_url", False, "invalid apprise url")
         for server in ap:
             # Bound a silent server's hold on this channel's thread (connect and each read).
             for attr in ("socket_connect_timeout", "socket_read_timeout"):
@@ -110,11 +219,7 @@ def apprise_transport(timeout_s: float) -> Transport:
         kwargs: dict[str, object] = {"body": msg.body, "title": msg.title, "notify_type": msg.notify_type}
         if msg.attach_file:
             kwargs["attach"] = msg.attach_file
-        result = ap.notify(**kwargs)  # type: ignore[arg-type]
-        if bool(result):
-            return True, None
-        status = getattr(getattr(result, "status", None), "name", "FAILURE")
-        return False, f"apprise {status.lower()}"
+        return classify_apprise(ap.notify(**kwargs))  # type: ignore[arg-type]
 
     return send
 
@@ -184,7 +289,7 @@ class AppriseSender:
                 asyncio.Semaphore(self.lane_threads))
         return lane
 
-    async def _attempt(self, url: str, msg: Message, handed: list[float]) -> tuple[bool, str | None, float]:
+    async def _attempt(self, url: str, msg: Message, handed: list[float]) -> tuple[SendResult, float]:
         """One try on one channel, within ``timeout_s`` counted from now (waiting for the channel included)."""
         loop = asyncio.get_running_loop()
         lane = self._lane(url)
@@ -196,7 +301,7 @@ class AppriseSender:
                 await lane.slots.acquire()
         except TimeoutError:
             self.counters["channel_busy"] += 1
-            return False, f"channel busy: no free sender within {timeout:g} s", asked
+            return Failed("channel_busy", True, f"channel busy: no free sender within {timeout:g} s"), asked
         lane.running += 1
 
         def freed(_f: object) -> None:
@@ -214,16 +319,18 @@ class AppriseSender:
                 return await asyncio.wrap_future(fut)
         except TimeoutError:
             self.counters["timeouts"] += 1
-            return False, f"timeout after {timeout:g} s", asked
+            return Failed("timeout", True, f"timeout after {timeout:g} s"), asked
 
-    def _call(self, url: str, msg: Message, handed: list[float]) -> tuple[bool, str | None, float]:
+    def _call(self, url: str, msg: Message, handed: list[float]) -> tuple[SendResult, float]:
         start = time.time()
         handed.append(start)
         try:
-            ok, err = self.transport(url, msg)
-        except Exception as exc:  # a plugin bug must not kill the worker; the message stays URL-free
-            ok, err = False, f"{type(exc).__name__}"
-        return ok, err, start
+            result = as_result(self.transport(url, msg))
+        except OSError as exc:  # the network below a plugin that does not catch it: worth another try
+            result = Failed("connection", True, type(exc).__name__)
+        except Exception as exc:  # a plugin bug must not kill the worker; it would fail the same way again
+            result = Failed("plugin_error", False, type(exc).__name__)
+        return result, start
 
     async def deliver(self, channels: list[str], msg: Message,
                       on_attempt: Callable[[Attempt], None] | None = None) -> Delivery:
@@ -239,7 +346,9 @@ class AppriseSender:
         """
         out = Delivery(ok=False)
         if not channels:
-            out.error = "recipient has no channels"
+            out.failure = Failed("no_channels", False, "recipient has no channels")
+            out.error = out.failure.detail
+            self._count_failure(out.failure)
             return out
         snapshot = await self._snapshot_file(msg.attach) if msg.attach else None
         msg = Message(msg.title, msg.body, None, msg.notify_type, str(snapshot) if snapshot else None)
@@ -264,31 +373,46 @@ class AppriseSender:
             log.warning("alerting: snapshot not attached: temp file: %s", exc.strerror)
             return None
 
+    def _count_failure(self, failure: Failed) -> None:
+        self.counters["failed_recoverable" if failure.recoverable else "failed_permanent"] += 1
+        self.counters[f"failed_{failure.reason}"] += 1
+
     async def _deliver(self, channels: list[str], msg: Message, on_attempt: Callable[[Attempt], None] | None,
                        out: Delivery) -> Delivery:
         handed: list[float] = []
+        attempts = max(1, self.retry.attempts)
         for url in channels:
             masked = mask_url(url)
             delay = self.retry.backoff_s
-            for n in range(1, max(1, self.retry.attempts) + 1):
+            use, limit, n = msg, attempts, 0
+            while n < limit:
+                n += 1
                 # Only the last try on the last channel goes without the attachment, once something failed, in case
                 # the snapshot is the reason (a channel refusing its size must not stop the alert).
-                use = msg
-                if msg.attach_file and out.attempts and n == self.retry.attempts and url == channels[-1]:
+                if use.attach_file and out.attempts and n == limit and url == channels[-1]:
                     use = Message(msg.title, msg.body, None, msg.notify_type)
                 t0 = time.perf_counter()
-                ok, err, started = await self._attempt(url, use, handed)
-                att = Attempt(masked, n, ok, started, (time.perf_counter() - t0) * 1000, err)
+                result, started = await self._attempt(url, use, handed)
+                att = Attempt(masked, n, started, (time.perf_counter() - t0) * 1000, result)
                 out.attempts.append(att)
                 if out.handed_at is None and handed:
                     out.handed_at = handed[0]
                 if on_attempt is not None:
                     on_attempt(att)
-                if ok:
-                    out.ok, out.channel, out.error = True, masked, None
+                if isinstance(result, Delivered):
+                    out.ok, out.channel, out.error, out.failure = True, masked, None, None
                     return out
-                out.error = err
-                if n < self.retry.attempts:
+                out.error, out.failure = result.error, result
+                self._count_failure(result)
+                if not result.recoverable:
+                    if use.attach_file:
+                        # A refusal may be the snapshot's (size, type): one more try without it, not a retry.
+                        use = Message(msg.title, msg.body, None, msg.notify_type)
+                        limit = max(limit, n + 1)
+                        continue
+                    break  # trying again cannot help; the recipient's next channel may
+                if n < limit:
+                    self.counters["retries"] += 1
                     await asyncio.sleep(min(delay, self.retry.backoff_max_s) * random.uniform(0.5, 1.0))
                     delay *= 2
         out.channel = mask_url(channels[-1])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ CREATE INDEX IF NOT EXISTS attempts_n ON attempts(notification_id);
 CREATE TABLE IF NOT EXISTS kv (kind TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY(kind, key));
 """
 
+FILTER_COLUMNS = ("kind", "site", "unit", "industry", "severity", "device_id", "fingerprint")
+"""Alert columns a query may filter on (anything else is ignored)."""
 _REC_ENC = msgspec.json.Encoder()
 _REC_DEC = msgspec.json.Decoder(AlertRecord)
 
@@ -84,6 +86,26 @@ def _notif(row: tuple[Any, ...]) -> NotificationRow:
     vals = list(row)
     vals[4] = json.loads(vals[4])
     return NotificationRow(*vals)
+
+
+def _where(status: Sequence[str] | None, since: float | None, until: float | None,
+           filters: Mapping[str, str] | None) -> tuple[str, list[Any]]:
+    parts: list[str] = []
+    args: list[Any] = []
+    if status:
+        parts.append(f"status IN ({','.join('?' * len(status))})")
+        args.extend(status)
+    if since is not None:
+        parts.append("starts_at >= ?")
+        args.append(since)
+    if until is not None:
+        parts.append("starts_at < ?")
+        args.append(until)
+    for col, val in (filters or {}).items():
+        if col in FILTER_COLUMNS:
+            parts.append(f"{col} = ?")
+            args.append(val)
+    return ("WHERE " + " AND ".join(parts)) if parts else "", args
 
 
 class AlertStore:
@@ -133,40 +155,27 @@ class AlertStore:
             (fingerprint,)).fetchone()
         return _REC_DEC.decode(row[0]) if row else None
 
-    def query_alerts(self, *, status: list[str] | None = None, since: float | None = None,
-                     until: float | None = None, filters: dict[str, str] | None = None, limit: int = 200,
+    def query_alerts(self, *, status: Sequence[str] | None = None, since: float | None = None,
+                     until: float | None = None, filters: Mapping[str, str] | None = None, limit: int = 200,
                      offset: int = 0) -> list[AlertRecord]:
         """Alerts matching column filters (kind, site, unit, industry, severity, device_id), newest first."""
-        where, args = self._where(status, since, until, filters)
+        where, args = _where(status, since, until, filters)
         rows = self.db.execute(f"SELECT data FROM alerts {where} ORDER BY starts_at DESC LIMIT ? OFFSET ?",
                                (*args, limit, offset)).fetchall()
         return [_REC_DEC.decode(r[0]) for r in rows]
 
+    def count_alerts(self, *, status: Sequence[str] | None = None, since: float | None = None,
+                     until: float | None = None, filters: Mapping[str, str] | None = None) -> int:
+        """How many alerts match the same filters as ``query_alerts``."""
+        where, args = _where(status, since, until, filters)
+        row = self.db.execute(f"SELECT COUNT(*) FROM alerts {where}", args).fetchone()
+        return int(row[0]) if row else 0
+
     def iter_alerts(self, since: float | None, until: float | None) -> Iterable[AlertRecord]:
         """Every alert that started in [since, until) (for the handling figures)."""
-        where, args = self._where(None, since, until, None)
+        where, args = _where(None, since, until, None)
         for (data,) in self.db.execute(f"SELECT data FROM alerts {where}", args):
             yield _REC_DEC.decode(data)
-
-    @staticmethod
-    def _where(status: list[str] | None, since: float | None, until: float | None,
-               filters: dict[str, str] | None) -> tuple[str, list[Any]]:
-        parts: list[str] = []
-        args: list[Any] = []
-        if status:
-            parts.append(f"status IN ({','.join('?' * len(status))})")
-            args.extend(status)
-        if since is not None:
-            parts.append("starts_at >= ?")
-            args.append(since)
-        if until is not None:
-            parts.append("starts_at < ?")
-            args.append(until)
-        for col, val in (filters or {}).items():
-            if col in ("kind", "site", "unit", "industry", "severity", "device_id", "fingerprint"):
-                parts.append(f"{col} = ?")
-                args.append(val)
-        return ("WHERE " + " AND ".join(parts)) if parts else "", args
 
     # ------------------------------------------------------------------ audit
 

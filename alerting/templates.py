@@ -5,11 +5,16 @@ can override them in config (``templates: {zh: {line: ..., firing: ...}}``) with
 title and the body are rendered from one context per alert (``MessageTemplates.context``), so a
 field that works in one works in the other; a field a template names that the context lacks is
 left as written rather than turned into ``?``. Times are shown in the control room's time zone.
+
+Secrets in Apprise URLs are masked here too (``mask_url``, ``mask_text``): only the scheme and a plain
+host name are ever shown, in delivery errors, logs and the API.
 """
 
 from __future__ import annotations
 
+import re
 import string
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -123,3 +128,37 @@ class MessageTemplates:
             parts.append(f"... ({n})")
         attach = next((a.snapshot_url for a in firing if a.snapshot_url), None)
         return Rendered(title, "\n\n".join(parts), attach)
+
+
+_HOST_RE = re.compile(r"^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|\[[0-9A-Fa-f:.]+\])$")
+
+
+def mask_url(url: str) -> str:
+    """``scheme://***@host:port/...``: user, password, path and query (where tokens live) are hidden.
+
+    A host that is not a plain host name or address (Telegram puts its bot token there) is hidden too.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme or "?"
+        netloc = parts.netloc.rpartition("@")[2]
+        host, _, port = netloc.partition(":") if not netloc.startswith("[") else (netloc, "", "")
+        shown = host if _HOST_RE.match(host) else "***"
+        if port and port.isdigit():
+            shown += f":{port}"
+        tail = "/..." if (parts.path.strip("/") or parts.query) else ""
+        return f"{scheme}://***@{shown}{tail}"
+    except ValueError:
+        return "***"
+
+
+def mask_text(text: str, secrets: list[str]) -> str:
+    """Replace every secret URL (and its userinfo/path pieces) in ``text`` by its masked form."""
+    for url in secrets:
+        if url and url in text:
+            text = text.replace(url, mask_url(url))
+        parts = urllib.parse.urlsplit(url)
+        for piece in (parts.password, parts.username, parts.path.strip("/"), parts.query):
+            if piece and len(piece) >= 4 and piece in text:
+                text = text.replace(piece, "***")
+    return text

@@ -27,7 +27,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from broker.contracts import Kind, Severity, Transition, encode, transition_topic
-from console.testing import ConsoleStack, token_of, wait_until
+from tests.support.console_stack import ConsoleStack, token_of, wait_until
 
 SEVERITIES = [Severity.CRITICAL, Severity.MAJOR, Severity.WARNING, Severity.INFO]
 

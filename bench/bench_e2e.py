@@ -2,7 +2,11 @@
 
 Everything runs on this machine as separate processes, as in production: a private Mosquitto,
 a private InfluxDB 1.6, the platform (`vigil run --config`, rules + alerting + storage in one
-process) and simulated elevator fleets publishing QoS 1 telemetry.
+process, or ``--partitions N`` processes split by device) and simulated elevator fleets publishing
+QoS 1 telemetry (``--generator raw``: replayed over raw sockets by bench/loadgen.py, cheap enough
+for 20,000 msg/s beside the platform; ``sim``: the simulated fleet through ``MqttClient``). The
+platform gets a registry file with the fleet (``--no-registry`` to leave it out), as a deployment
+does; partitions subscribe per registered device.
 
 Phase 1, ingest: DEVICES elevators at RATE Hz each for DURATION s; then every point is counted
 in InfluxDB with InfluxQL (zero loss means count == published). Reports the publishers' achieved
@@ -47,6 +51,9 @@ from broker.mqtt import MqttClient
 from broker.registry import DeviceRegistry
 from storage.localservers import InfluxdProcess
 
+# bench/loadgen.py is imported as ``bench.loadgen`` (here and in the spawned publisher processes).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 PROBE_RULE = """
 rules:
   - name: bench_latency_probe
@@ -68,13 +75,37 @@ rules:
 """
 
 
-def fleet_process(url: str, count: int, rate: float, duration: float, prefix: str, out: Any) -> None:
-    """One publisher process: a fleet of simulated elevators."""
+def fleet_process(url: str, count: int, rate: float, duration: float, prefix: str, out: Any,
+                  generator: str = "raw") -> None:
+    """One publisher process: a fleet of simulated elevators (``raw``: replayed over raw sockets, bench/loadgen.py)."""
+    if generator == "raw":
+        from bench.loadgen import run
+
+        r = run(url, prefix, count, rate, duration)
+        out.put((r.published, r.elapsed_s, r.cpu_s))
+        return
     from simulators.elevator_fleet import run_fleet
 
     t = time.perf_counter()
+    c = time.process_time()
     published = asyncio.run(run_fleet(url, count, rate, duration, id_prefix=prefix, connections=2))
-    out.put((published, time.perf_counter() - t))
+    out.put((published, time.perf_counter() - t, time.process_time() - c))
+
+
+FLEET_TAG = "el"
+"""Every phase runs the same fleet (device ids ``el{publisher}-{n:05d}``); a phase counts its points by time."""
+LIFT = {"rated_speed_mps": 1.75, "floors": 18, "floor_height_m": 3.0, "maintained_on": "2026-11-20"}
+
+
+def bench_registry(devices: int, publishers: int, probe_ids: list[str]) -> dict[str, Any]:
+    """The platform's registry file: every device of every phase (a partition subscribes per device)."""
+    from bench.loadgen import device_ids
+
+    per = devices // publishers
+    ids = [d for i in range(publishers) for d in device_ids(f"{FLEET_TAG}{i}-", per)]
+    # Probes get a rated speed no reading reaches: only the probe rules fire for them.
+    return {"devices": [{"id": d, "kind": "elevator", "attributes": LIFT} for d in ids]
+            + [{"id": d, "kind": "elevator", "attributes": {**LIFT, "rated_speed_mps": 1000.0}} for d in probe_ids]}
 
 
 def proc_sample(pid: int) -> tuple[float, int]:
@@ -160,12 +191,16 @@ def pct(values: list[float], p: float) -> float:
     return values[k]
 
 
+GENERATOR = "raw"
+
+
 def run_fleets(url: str, devices: int, rate: float, duration: float, processes: int, tag: str) -> mp.Queue:  # type: ignore[type-arg]
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     per = devices // processes
     for i in range(processes):
-        ctx.Process(target=fleet_process, args=(url, per, rate, duration, f"{tag}{i}-", out), daemon=True).start()
+        ctx.Process(target=fleet_process, args=(url, per, rate, duration, f"{FLEET_TAG}{i}-", out, GENERATOR),
+                    daemon=True).start()
     return out
 
 
@@ -188,7 +223,14 @@ async def main() -> None:
     ap.add_argument("--partitions", type=int, default=1,
                     help="platform processes, each handling the devices of one partition (mqtt.partition)")
     ap.add_argument("--profile-dir", help="sample the draining platform with py-spy into this folder")
+    ap.add_argument("--generator", choices=("raw", "sim"), default="raw",
+                    help="raw: replayed simulator telemetry over raw sockets (bench/loadgen.py, ~8 µs/msg); "
+                         "sim: the simulated fleet through MqttClient (physics per message)")
+    ap.add_argument("--no-registry", action="store_true",
+                    help="no registry file: every device id accepted, partitions read everything and drop the rest")
     args = ap.parse_args()
+    global GENERATOR
+    GENERATOR = args.generator
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -218,6 +260,9 @@ async def main() -> None:
         (tmp / "probe.yaml").write_text(PROBE_RULE.format(
             devices=", ".join(d for d in probe_ids if d.startswith("probe-t-")) or "none",
             event_devices=", ".join([d for d in probe_ids if d.startswith("probe-e-")] + backlog_ids) or "none"))
+        if not args.no_registry:
+            (tmp / "registry.yaml").write_text(yaml.safe_dump(
+                bench_registry(args.devices, args.publishers, probe_ids + backlog_ids)))
         layout = BrokerLayout(data_dir=tmp / "mosquitto", port=free_port(), max_inflight_messages=args.broker_inflight)
         with MosquittoProcess(layout, registry) as broker:
             assert broker.proc is not None and influx.proc is not None
@@ -232,6 +277,7 @@ async def main() -> None:
                 if n > 1:
                     mqtt["partition"] = f"{part}/{n}"
                 return {
+                    **({} if args.no_registry else {"registry": str(tmp / "registry.yaml")}),
                     "node": "bench" + (f"-p{part}" if part else ""), "state_dir": str(tmp / "state"),
                     "log_level": "warning",
                     "services": ["rules", "alerting", "storage"] if part == 0 else ["rules", "storage"],
@@ -284,9 +330,11 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
     print(f"\n[ingest] {args.devices} devices x {args.rate} Hz = {target:,.0f} msg/s target, QoS 1, "
           f"{args.duration:.0f} s, {args.publishers} publisher processes")
     cpu0, _ = procs_sample(pids)
+    pcpu0 = [proc_sample(pid)[0] for pid in pids]
     o0 = others_cpu()
     t0 = time.time()
     out = run_fleets(sim_url, args.devices, args.rate, args.duration, args.publishers, "ing")
+    since = int((t0 - 1) * 1e9)
     rss_peak = 0
     while time.time() - t0 < args.duration:
         await asyncio.sleep(1)
@@ -294,10 +342,11 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
     results = [await asyncio.to_thread(out.get, True, 300) for _ in range(args.publishers)]
     published = sum(r[0] for r in results)
     pub_time = max(r[1] for r in results)
+    gen_cpu = sum(r[2] for r in results)
     cpu1, _ = procs_sample(pids)
     pub_done = time.time()
     others_while_publishing = others_share(o0, pub_done - t0)
-    query = "SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^ing/"
+    query = f"SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^{FLEET_TAG}/ AND time >= {since}"
     landed = 0
     while time.time() - pub_done < 180:
         landed = await asyncio.to_thread(influx_count, influx_url, query)
@@ -311,7 +360,17 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
           f"{done - pub_done:.1f} s after the last publish; end-to-end {landed / (done - t0):,.0f} points/s")
     print(f"  platform CPU while publishing: {(cpu1 - cpu0) / pub_time * 100:.0f}% of one core; "
           f"total CPU {cpu2 - cpu0:.1f} s; RSS peak {rss_peak / 2**20:.0f} MiB, at end {rss / 2**20:.0f} MiB")
-    print(f"  other servers while publishing: {others_while_publishing} (the publishers take the rest)")
+    print(f"  other servers while publishing: {others_while_publishing}; load generators "
+          f"{gen_cpu / pub_time * 100:.0f}% ({gen_cpu / max(published, 1) * 1e6:.1f} µs/msg, {args.generator})")
+    print(f"  platform CPU per message over the run (publishing + tail): {(cpu2 - cpu0) / max(landed, 1) * 1e6:.0f} µs; "
+          f"per process: {per_process_cpu(pids, pcpu0, landed)}")
+    print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def per_process_cpu(pids: list[int], before: list[float], messages: int) -> str:
+    """CPU seconds of each platform process since ``before`` (and µs per message of the whole fleet)."""
+    now = [proc_sample(pid)[0] for pid in pids]
+    return ", ".join(f"pid {pid} {b - a:.1f} s" for pid, a, b in zip(pids, before, now, strict=True))
 
 
 async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str, platform: PlatformGroup,
@@ -323,10 +382,11 @@ async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str
     platform.wait(60)
     seconds = args.capacity_messages / (args.devices * args.rate)
     print(f"\n[capacity] platform stopped; {args.capacity_messages:,} messages queued in its session by the fleet")
+    since = int((time.time() - 1) * 1e9)
     out = run_fleets(sim_url, args.devices, args.rate, seconds, args.publishers, "cap")
     results = [await asyncio.to_thread(out.get, True, 600) for _ in range(args.publishers)]
     published = sum(r[0] for r in results)
-    query = "SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^cap/"
+    query = f"SELECT count(speed_mps) FROM telemetry_elevator WHERE device =~ /^{FLEET_TAG}/ AND time >= {since}"
     t0 = time.time()
     o0 = others_cpu()
     platform = start_platform()

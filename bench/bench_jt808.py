@@ -119,7 +119,7 @@ async def gateway_process(port: int, mqtt_url: str | None, qos: int, max_pending
         while True:
             peak = max(peak, len(gateway.connections))
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            status = {**gateway.counters, "peak_connections": peak, "cpu_s": usage.ru_utime + usage.ru_stime,
+            status = {**gateway.stats(), "peak_connections": peak, "cpu_s": usage.ru_utime + usage.ru_stime,
                       "rss_mb": _memory_mb("VmRSS"), "peak_rss_mb": _memory_mb("VmHWM"),
                       "mqtt_done": mqtt_counters.get("acked_out" if qos else "published", 0)}
             print(json.dumps(status), flush=True)
@@ -149,7 +149,7 @@ class GatewayProc:
                 "--max-pending", str(max_pending)] + (["--mqtt", mqtt_url] if mqtt_url else [])
         proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, cwd=ROOT)
         gw = cls(proc)
-        await gw.wait_for(lambda s: "connections" in s, 20)
+        await gw.wait_for(lambda s: "connections_open" in s, 20)
         return gw
 
     async def _read(self) -> None:
@@ -243,7 +243,7 @@ async def bench_tcp(packets: int, senders: int, mqtt_url: str | None, qos: int =
         wall = time.perf_counter() - t0
         await blaster
         cpu = done["cpu_s"] - before["cpu_s"]
-        rejected = {k: v for k, v in done.items() if k.startswith("rejected_")}
+        rejected = {k: v for k, v in done.items() if k.startswith("rejected.")}
         return {"packets": total, "senders": senders, "qos": qos if mqtt_url else None,
                 "max_pending": max_pending if mqtt_url else None, "seconds": round(wall, 2),
                 "per_s": round(total / wall),
@@ -268,7 +268,7 @@ async def bench_connections(terminals: int, hold_s: float) -> dict[str, Any]:
         status = await gw.wait_for(lambda s: True, 5)
         return {"terminals": terminals, "peak_connections": status["peak_connections"],
                 "authenticated": status["authenticated"], "telemetry": status["telemetry"],
-                "heartbeats": status.get("msg_0x0002", 0), "sim_connect_failures": stats.connect_failures,
+                "heartbeats": status.get("messages.0x0002", 0), "sim_connect_failures": stats.connect_failures,
                 "gateway_rss_mb": status["rss_mb"], "gateway_peak_rss_mb": status["peak_rss_mb"],
                 "gateway_cpu_s": round(status["cpu_s"], 1),
                 "seconds": round(wall, 1)}

@@ -96,8 +96,8 @@ def bench_core(n: int, keys: Jt809Keys | None, *, batch: bool = False) -> float:
 async def bench_mqtt(n: int) -> dict[str, float]:
     from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
     from broker.mqtt import Message, MqttClient
-    from edge.jt808.gateway import GatewayLimits
     from edge.jt809.gateway import Jt809Gateway
+    from edge.runtime.server import GatewayLimits
 
     with tempfile.TemporaryDirectory() as tmp:
         broker = MosquittoProcess(BrokerLayout(data_dir=Path(tmp) / "m", port=free_port()))

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from broker.errors import BrokerError
+
 log = logging.getLogger(__name__)
 
 try:  # the statutory arrangements; optional so a bare install still runs (weekday fallback)
@@ -36,7 +38,7 @@ except ImportError:  # pragma: no cover - the package is a declared dependency
     _statutory = None
 
 
-class CalendarError(ValueError):
+class CalendarError(BrokerError, ValueError):
     """An override file is invalid; the message names the file, the key and the problem."""
 
 

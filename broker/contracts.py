@@ -19,6 +19,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from broker.errors import BrokerError
+
 SCHEMA_VERSION: Final = 1
 TOPIC_ROOT: Final = "vigil/v1"
 MAX_PAYLOAD_BYTES: Final = 64 * 1024
@@ -302,7 +304,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
 
 # ---------------------------------------------------------------------------- validation
 
-class Rejected(Exception):
+class Rejected(BrokerError):
     """A message refused at the boundary, with its reason and a human-readable detail."""
 
     def __init__(self, reason: RejectReason, detail: str) -> None:
@@ -311,8 +313,40 @@ class Rejected(Exception):
         self.detail = detail
 
 
+class _TelemetryWire(msgspec.Struct, frozen=True, kw_only=True):
+    """``Telemetry`` as decoded: metric names are checked after decoding, against the names already seen valid.
+
+    msgspec checks a key pattern with a regex for every key of every message: 4 of the 5.5 µs of decoding an
+    elevator's 11 metrics. A fleet sends the same few dozen names, so each is checked once.
+    """
+
+    v: int = SCHEMA_VERSION
+    ts: UtcTime
+    metrics: dict[str, MetricValue]
+    site: str | None = None
+    seq: int | None = None
+    quality: dict[str, str] | None = None
+
+
+_METRIC_NAME_RE: Final = re.compile(METRIC_NAME_PATTERN)
+_VALID_METRIC_NAMES: set[str] = set()
+
+
+def _telemetry(wire: _TelemetryWire) -> Telemetry:
+    """The ``Telemetry`` of a decoded message, refusing a metric name the contract does not allow."""
+    valid = _VALID_METRIC_NAMES
+    for name in wire.metrics:
+        if name not in valid:
+            if not _METRIC_NAME_RE.search(name):  # search, as msgspec applies a pattern
+                raise Rejected(RejectReason.SCHEMA, f"Expected `str` matching regex {METRIC_NAME_PATTERN!r} - "
+                                                    f"at `key` in `$.metrics` ({name[:64]!r})")
+            if len(valid) < 100_000:
+                valid.add(name)
+    return Telemetry(v=wire.v, ts=wire.ts, metrics=wire.metrics, site=wire.site, seq=wire.seq, quality=wire.quality)
+
+
 _DECODERS: Final[dict[Channel, msgspec.json.Decoder[Any]]] = {
-    Channel.TELEMETRY: msgspec.json.Decoder(Telemetry),
+    Channel.TELEMETRY: msgspec.json.Decoder(_TelemetryWire),
     Channel.EVENT: msgspec.json.Decoder(DeviceEvent),
     Channel.STATUS: msgspec.json.Decoder(DeviceStatus),
 }
@@ -377,6 +411,8 @@ def decode_device_payload(parsed: DeviceTopic, payload: bytes, limit: int = MAX_
     if decoder is None:
         raise Rejected(RejectReason.BAD_TOPIC, f"channel {parsed.channel.value!r} is not accepted from devices")
     value = _decode(decoder, payload, limit)
+    if parsed.channel is Channel.TELEMETRY:
+        value = _telemetry(value)
     return DeviceMessage(parsed.kind, parsed.device_id, parsed.channel, value, received_at)
 
 

@@ -10,7 +10,9 @@ session, socket and read loop, so an alarm never queues behind a telemetry backl
 broker, in the socket or in this process; the telemetry session skips those channels.
 Partitions: ``partition=(index, count)`` keeps only the devices whose id hashes to ``index``
 (CRC-32, the same in every process), so N processes split the fleet with per-device order and
-rule state intact.
+rule state intact. With a registry file (``RegisteredDevices``) a partition subscribes one filter
+per own device, so the broker sends it only its devices; without one it receives every device
+topic and drops the other partitions' messages right after parsing the topic.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from broker.contracts import (
@@ -53,17 +55,39 @@ def partition_of(device_id: str, count: int) -> int:
     return zlib.crc32(device_id.encode()) % count
 
 
+def device_filter(kind: str, device_id: str, channel: str = "+") -> str:
+    """The topic filter of one device's channel (``+``: all of its channels)."""
+    return f"{TOPIC_ROOT}/{kind}/{device_id}/{channel}"
+
+
+def partition_devices(kinds: Mapping[str, str], index: int, count: int) -> dict[str, str]:
+    """The devices (id -> kind) of partition ``index`` of ``count``: every device lands in exactly one."""
+    return {dev: kind for dev, kind in kinds.items() if partition_of(dev, count) == index}
+
+
 class RegisteredDevices:
     """``known_device`` for a registry file: re-reads the file when it changes, so new devices are heard
-    without a restart (the broker reloads the same file on SIGHUP)."""
+    without a restart (the broker reloads the same file on SIGHUP).
 
-    def __init__(self, path: str | Path, devices: Iterable[str], *, check_every_s: float = 2.0) -> None:
+    ``kinds`` (device id -> kind) lets a partition subscribe per device; ``on_change`` callbacks run
+    after every successful reload (the ingest re-subscribes there).
+    """
+
+    def __init__(self, path: str | Path, devices: Iterable[str], *, check_every_s: float = 2.0,
+                 kinds: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
         self.devices = frozenset(devices)
+        self.kinds: dict[str, str] = dict(kinds) if kinds is not None else {}
         self.reloads = 0
+        self.on_change: list[Callable[[], None]] = []
         self._check_every = check_every_s
         self._next_check = time.monotonic() + check_every_s
         self._mtime = self._stat()
+
+    def check(self) -> bool:
+        """Re-read the file now if it changed (also done, at most every ``check_every_s``, on lookups)."""
+        self._next_check = time.monotonic() + self._check_every
+        return self._refresh()
 
     def _stat(self) -> float | None:
         try:
@@ -78,21 +102,29 @@ class RegisteredDevices:
             self._refresh()
         return device_id in self.devices
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
         from broker.registry import DeviceRegistry, RegistryError
 
         mtime = self._stat()
         if mtime is None or mtime == self._mtime:
-            return
+            return False
         self._mtime = mtime
         try:
-            self.devices = frozenset(DeviceRegistry.load(self.path).devices)
+            registry = DeviceRegistry.load(self.path)
         except RegistryError as exc:
             # Keep hearing the devices already known; a half-written file must not silence them.
             log.warning("registry %s not reloaded: %s", self.path, exc)
-            return
+            return False
+        self.devices = frozenset(registry.devices)
+        self.kinds = {dev.id: dev.kind.value for dev in registry.devices.values()}
         self.reloads += 1
         log.info("registry %s reloaded: %d devices", self.path, len(self.devices))
+        for callback in list(self.on_change):
+            try:
+                callback()
+            except Exception:
+                log.exception("registry %s: a reload callback failed", self.path)
+        return True
 
 
 class DeviceIngest:
@@ -117,16 +149,66 @@ class DeviceIngest:
         self._mine: dict[str, bool] = {}
         self._topics: dict[str, DeviceTopic | tuple[RejectReason, str]] = {}
         """Parsed device topics (a fleet has a few per device; parsing is a split and a regex)."""
+        self.fleet = known_device if isinstance(known_device, RegisteredDevices) and self.partition else None
+        """With a partition and a registry: subscribe per device, so the broker sends only this partition's."""
+        self.subscribed: dict[str, str] = {}
+        """Devices (id -> kind) this partition subscribes to, per device (empty: one filter for all)."""
+
+    def owns(self, device_id: str) -> bool:
+        """Whether this process handles the device (always, unless partitioned)."""
+        return self.partition is None or partition_of(device_id, self.partition[1]) == self.partition[0]
+
+    def _device_filters(self, devices: Mapping[str, str]) -> tuple[list[str], list[str]]:
+        """(telemetry session filters, alarm lane filters) of these devices."""
+        main = [device_filter(kind, dev) for dev, kind in devices.items()]
+        if self.alarm_mqtt is None:
+            return main, []
+        alarm = [device_filter(kind, dev, ch.value) for dev, kind in devices.items()
+                 for ch in (Channel.EVENT, Channel.STATUS)]
+        return main, alarm
+
+    def _subscribe_partition(self) -> None:
+        """Subscribe this partition's registered devices one filter each; drop other partitions' filters."""
+        assert self.fleet is not None and self.partition is not None
+        mine = partition_devices(self.fleet.kinds, *self.partition)
+        others = {dev: kind for dev, kind in self.fleet.kinds.items() if dev not in mine}
+        added = {dev: kind for dev, kind in mine.items() if self.subscribed.get(dev) != kind}
+        removed = {dev: kind for dev, kind in self.subscribed.items() if mine.get(dev) != kind}
+        if removed:
+            main, alarm = self._device_filters(removed)
+            self.mqtt.unsubscribe_many(main, self.on_batch)
+            if self.alarm_mqtt is not None:
+                self.alarm_mqtt.unsubscribe_many(alarm, self.on_alarm_batch)
+        if added:
+            main, alarm = self._device_filters(added)
+            self.mqtt.subscribe_many(main, self.on_batch)
+            if self.alarm_mqtt is not None:
+                self.alarm_mqtt.subscribe_many(alarm, self.on_alarm_batch)
+        # A persistent session may still hold the one-for-all filters or another layout's devices.
+        stale_main, stale_alarm = self._device_filters(others)
+        self.mqtt.forget([DEVICE_LEVEL_FILTER, *stale_main])
+        if self.alarm_mqtt is not None:
+            self.alarm_mqtt.forget([*ALARM_FILTERS, *stale_alarm])
+        self.subscribed = mine
+        if added or removed:
+            log.info("%s: partition %d/%d subscribes %d devices (%d added, %d removed)", self.stage,
+                     self.partition[0], self.partition[1], len(mine), len(added), len(removed))
 
     def add_consumer(self, channels: set[Channel], consumer: DeviceConsumer) -> None:
         """Deliver validated messages of these channels to ``consumer`` in batches."""
         if not self._consumers:
-            # One filter for every five-level topic, so that messages on a wrong channel or of
-            # an unknown kind are seen and dead-lettered rather than silently never delivered.
-            self.mqtt.subscribe(DEVICE_LEVEL_FILTER, self.on_batch)
-            if self.alarm_mqtt is not None:
-                for topic_filter in ALARM_FILTERS:
-                    self.alarm_mqtt.subscribe(topic_filter, self.on_alarm_batch)
+            if self.fleet is not None:
+                # Partitioned with a registry: one filter per own device (each of its channels, so a
+                # wrong channel is still dead-lettered); re-subscribed when the registry file changes.
+                self._subscribe_partition()
+                self.fleet.on_change.append(self._subscribe_partition)
+            else:
+                # One filter for every five-level topic, so that messages on a wrong channel or of
+                # an unknown kind are seen and dead-lettered rather than silently never delivered.
+                self.mqtt.subscribe(DEVICE_LEVEL_FILTER, self.on_batch)
+                if self.alarm_mqtt is not None:
+                    for topic_filter in ALARM_FILTERS:
+                        self.alarm_mqtt.subscribe(topic_filter, self.on_alarm_batch)
         for ch in channels:
             self._consumers.setdefault(ch, []).append(consumer)
 

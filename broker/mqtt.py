@@ -30,7 +30,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -41,6 +41,9 @@ from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from broker.errors import BrokerError
+from broker.mqtt_routes import RouteIndex
 
 log = logging.getLogger(__name__)
 _time_func: Callable[[], float] = getattr(paho, "time_func", time.monotonic)
@@ -191,11 +194,11 @@ class BrokerAddress:
         return f"{scheme}://{user}{self.host}:{self.port}"
 
 
-class MqttError(Exception):
+class MqttError(BrokerError):
     """The broker could not be reached or refused the client."""
 
 
-class NotDurable(Exception):
+class NotDurable(BrokerError):
     """Raised by a handler whose work could not be made durable; its batch must not be acknowledged.
 
     ``retry`` makes the same work durable (without handling the messages again); it raises
@@ -267,6 +270,8 @@ class MqttClient:
         self._sub_qos: dict[str, int] = {}
         self._batch: dict[Handler, list[Message]] = {}
         self._route_cache: dict[str, tuple[Handler, ...]] = {}
+        self._route_index: RouteIndex[Handler] | None = None
+        self._stale: set[str] = set()
         self._writer_on = False
         self._to_ack: list[tuple[int, int]] = []
         self._rbuf = bytearray()
@@ -288,6 +293,8 @@ class MqttClient:
         self._refused: str | None = None
         self._stalled_since: float | None = None
         self._held_acks: list[tuple[int, int]] = []
+        self._ack_words: list[int] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._retries: list[NotDurable] = []
         self._retry_task: asyncio.Task[None] | None = None
         self.last_not_durable: str | None = None
@@ -382,6 +389,8 @@ class MqttClient:
         if not self._connect_idle.is_set():
             await asyncio.to_thread(self._connect_idle.wait, 15.0)
         if self._client.socket() is not None:
+            with contextlib.suppress(Exception):
+                self._flush_acks()  # what was handled is acknowledged before leaving
             self._client.disconnect()
             self._flush_io()
         self._remove_socket()
@@ -413,9 +422,76 @@ class MqttClient:
         first = topic_filter not in self._handlers
         self._handlers.setdefault(topic_filter, []).append(handler)
         self._sub_qos[topic_filter] = max(qos, self._sub_qos.get(topic_filter, 0))
-        self._route_cache.clear()
+        self._stale.discard(topic_filter)
+        self._routes_changed()
         if first and self._connected.is_set():
             self._client.subscribe(topic_filter, self._sub_qos[topic_filter])
+
+    def subscribe_many(self, topic_filters: Iterable[str], handler: Handler, qos: int = 1) -> None:
+        """``subscribe`` for many filters at once (one handler), sent in batched SUBSCRIBE packets."""
+        new: list[str] = []
+        for topic_filter in topic_filters:
+            handlers = self._handlers.get(topic_filter)
+            if handlers is None:
+                self._handlers[topic_filter] = [handler]
+                new.append(topic_filter)
+            elif handler not in handlers:
+                handlers.append(handler)
+            self._sub_qos[topic_filter] = max(qos, self._sub_qos.get(topic_filter, 0))
+            self._stale.discard(topic_filter)
+        self._routes_changed()
+        if new and self._connected.is_set():
+            self._send_subscribe(new)
+
+    def unsubscribe_many(self, topic_filters: Iterable[str], handler: Handler) -> None:
+        """Stop delivering these filters to ``handler``; filters left without a handler are unsubscribed."""
+        gone: list[str] = []
+        for topic_filter in topic_filters:
+            handlers = self._handlers.get(topic_filter)
+            if handlers is None:
+                continue
+            if handler in handlers:
+                handlers.remove(handler)
+            if not handlers:
+                del self._handlers[topic_filter]
+                self._sub_qos.pop(topic_filter, None)
+                gone.append(topic_filter)
+        self._routes_changed()
+        if gone and self._connected.is_set():
+            self._send_unsubscribe(gone)
+
+    def forget(self, topic_filters: Iterable[str]) -> None:
+        """Unsubscribe filters a persistent session may still hold from an earlier layout, on every connect.
+
+        A persistent session keeps its subscriptions across restarts: a process that used to read every
+        device topic and now reads only its partition's devices must drop the old filters, or the broker
+        keeps sending it everything. Filters this client subscribes itself are never forgotten.
+        """
+        stale = [f for f in topic_filters if f not in self._handlers and f not in self._stale]
+        self._stale.update(stale)
+        if stale and self._connected.is_set():
+            self._send_unsubscribe(stale)
+
+    @property
+    def topic_filters(self) -> frozenset[str]:
+        """The filters this client subscribes (renewed on every connect)."""
+        return frozenset(self._sub_qos)
+
+    SUBSCRIBE_BATCH = 500
+    """Filters per SUBSCRIBE / UNSUBSCRIBE packet (a partition subscribes one filter per device)."""
+
+    def _send_subscribe(self, topic_filters: list[str]) -> None:
+        for k in range(0, len(topic_filters), self.SUBSCRIBE_BATCH):
+            chunk = topic_filters[k:k + self.SUBSCRIBE_BATCH]
+            self._client.subscribe([(f, self._sub_qos.get(f, 1)) for f in chunk])
+
+    def _send_unsubscribe(self, topic_filters: list[str]) -> None:
+        for k in range(0, len(topic_filters), self.SUBSCRIBE_BATCH):
+            self._client.unsubscribe(topic_filters[k:k + self.SUBSCRIBE_BATCH])
+
+    def _routes_changed(self) -> None:
+        self._route_cache.clear()
+        self._route_index = None
 
     def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *,
                        on_acked: AckCallback | None = None,
@@ -473,14 +549,16 @@ class MqttClient:
 
     # ------------------------------------------------------------------ paho callbacks
 
+    def _index(self) -> RouteIndex[Handler]:
+        index = self._route_index
+        if index is None:
+            index = self._route_index = RouteIndex(self._handlers)
+        return index
+
     def _route(self, topic: str) -> tuple[Handler, ...]:
         handlers = self._route_cache.get(topic)
         if handlers is None:
-            found: list[Handler] = []
-            for topic_filter, hs in self._handlers.items():
-                if paho.topic_matches_sub(topic_filter, topic):
-                    found.extend(h for h in hs if h not in found)
-            handlers = tuple(found)
+            handlers = self._index().match(topic)
             if len(self._route_cache) > 200_000:
                 self._route_cache.clear()
             self._route_cache[topic] = handlers
@@ -529,8 +607,10 @@ class MqttClient:
             return
         self._refused = None
         self.counters["connects"] += 1
-        for topic_filter, qos in self._sub_qos.items():
-            client.subscribe(topic_filter, qos)
+        if self._sub_qos:
+            self._send_subscribe(list(self._sub_qos))
+        if self._stale:
+            self._send_unsubscribe(sorted(self._stale))
         self._connected.set()
         if self._stalled_since is not None:
             self._update_reader()
@@ -542,6 +622,7 @@ class MqttClient:
         self._connected.clear()
         # Packet ids of held messages belong to the lost connection; the broker redelivers them.
         self._held_acks.clear()
+        self._ack_words.clear()
         if was:
             self.counters["disconnects"] += 1
             if not self._closing:
@@ -806,18 +887,29 @@ class MqttClient:
             self._send_acks(acks)
         self._update_reader()
 
+    ACK_DELAY_S = 0.002
+    """PUBACKs of handled messages wait up to this long to share one write with later batches'. A reader that is
+    not saturated wakes for a few messages at a time, and a send per wake-up cost 8% of the platform's CPU
+    (py-spy, docs/benchmarks.md); the broker's in-flight window (1,000) covers far more than 2 ms of traffic."""
+    ACK_BATCH = 512
+    """PUBACKs that are sent at once, without waiting for ``ACK_DELAY_S``."""
+
     def _send_acks(self, acks: list[tuple[int, int]]) -> None:
         client = self._client
         if self._fast_read:
             # One buffer of PUBACKs (4 bytes each: success, no properties) instead of a queued
             # packet per message; paho writes it like any other packet.
-            words = [_PUBACK_WORD | mid for mid, qos in acks if qos == 1]
-            blob = struct.pack(f"!{len(words)}I", *words) if words else b""
+            words = self._ack_words
             for mid, qos in acks:
-                if qos == 2:
+                if qos == 1:
+                    words.append(_PUBACK_WORD | mid)
+                elif qos == 2:
                     client.ack(mid, qos)
-            if blob:
-                client._packet_queue(_PUBACK_CMD, blob, 0, 1)
+            if len(words) >= self.ACK_BATCH or self._loop is None:
+                self._flush_acks()
+            elif words and self._ack_timer is None:
+                self._ack_timer = self._loop.call_later(self.ACK_DELAY_S, self._flush_acks)
+            return
         else:
             ack = client.ack
             for mid, qos in acks:
@@ -826,6 +918,16 @@ class MqttClient:
         if acks:
             # Send the batch's PUBACKs now, in as few writes as the socket takes.
             client.loop_write()
+
+    def _flush_acks(self) -> None:
+        """Send the PUBACKs waiting in ``_ack_words`` (one packet buffer, one write)."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        words, self._ack_words = self._ack_words, []
+        if words and self._sock is not None:
+            self._client._packet_queue(_PUBACK_CMD, struct.pack(f"!{len(words)}I", *words), 0, 1)
+            self._client.loop_write()
 
     async def _misc(self) -> None:
         while True:

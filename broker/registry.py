@@ -19,6 +19,7 @@ import msgspec
 import yaml
 
 from broker.contracts import DEVICE_ID_PATTERN, Kind
+from broker.errors import BrokerError
 
 Role = Literal["platform", "gateway", "observer", "operator"]
 
@@ -96,7 +97,7 @@ class RegistryFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     services: list[ServiceAccount] = []
 
 
-class RegistryError(ValueError):
+class RegistryError(BrokerError, ValueError):
     """The registry file is invalid; the message names the file and the key."""
 
 

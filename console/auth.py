@@ -13,8 +13,7 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
-from alerting.access import GuessLimiter, TokenBook, digest
-from alerting.config import User
+from alerting.surface import GuessLimiter, TokenBook, User, digest
 
 ROLE_RANK: dict[str, int] = {"grid_staff": -1, "operator": 0, "supervisor": 1, "admin": 2}
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from alerting.lifecycle import SEVERITY_RANK, AlertRecord
+from alerting.surface import SEVERITY_RANK, AlertRecord
 from broker.contracts import AlertStatus, Severity
+from console.errors import ConsoleError
 
 FILTER_COLUMNS = ("industry", "site", "unit", "kind", "severity", "device_id")
 STATUS_SETS: dict[str, tuple[str, ...]] = {
@@ -27,7 +29,7 @@ SORTS = ("newest", "oldest", "severity", "deadline")
 FACETS = ("severity", "status", "industry", "site", "unit", "kind")
 
 
-class BoardQueryError(ValueError):
+class BoardQueryError(ConsoleError, ValueError):
     """A board query parameter is invalid; the message names it."""
 
 
@@ -91,7 +93,7 @@ def matches_text(rec: AlertRecord, text: str) -> bool:
                                                    rec.rule, rec.assignee))
 
 
-def sort_key(sort: str) -> tuple[object, bool]:
+def sort_key(sort: str) -> tuple[Callable[[AlertRecord], Any], bool]:
     """Key function and reverse flag for a sort name."""
     if sort == "oldest":
         return (lambda r: r.starts_at), False
@@ -111,7 +113,7 @@ def select(records: Iterable[AlertRecord], q: BoardQuery) -> tuple[int, list[Ale
     if q.text:
         recs = [r for r in recs if matches_text(r, q.text)]
     key, reverse = sort_key(q.sort)
-    recs.sort(key=key, reverse=reverse)  # type: ignore[arg-type]
+    recs.sort(key=key, reverse=reverse)
     return len(recs), recs[q.offset:q.offset + q.limit]
 
 

@@ -18,9 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from alerting.api import query_int, query_text
-from alerting.desk import Actor
-from alerting.workorders.desk import WorkOrderDesk, photo_type
+from alerting.surface import Actor, WorkOrderDesk, photo_type, query_int, query_text
 from console.params import ApiError, body_of, parse_time, path_id
 
 GRID_STAFF_PATHS = re.compile(r"/api/(session|logout|wo(/.*)?)")
@@ -44,7 +42,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def add_routes(r: web.UrlDispatcher, orders_of: Callable[[web.Request], WorkOrderDesk | None],
                actor_of: Callable[[web.Request], Actor], audit: Callable[[web.Request, dict[str, Any]], None],
-               ) -> None:
+               now_of: Callable[[web.Request], float]) -> None:
     """Register the phone page and the ``/api/wo`` routes on the console's router."""
 
     def desk(request: web.Request) -> WorkOrderDesk:
@@ -69,7 +67,7 @@ def add_routes(r: web.UrlDispatcher, orders_of: Callable[[web.Request], WorkOrde
         wo = desk(request)
         rows = wo.orders(actor_of(request), stages=stages, grid=query_text(q, "grid", 64), mine=mine == "1",
                          limit=query_int(q, "limit", 100, 1, 1000), offset=query_int(q, "offset", 0, 0, 1_000_000))
-        return _json({"workorders": [wo.view(o) for o in rows], "now": wo.svc.clock()})
+        return _json({"workorders": [wo.view(o) for o in rows], "now": now_of(request)})
 
     async def report(request: web.Request) -> web.Response:
         """Report an incident from the field (grid staff): opens a case like a device alert."""
@@ -85,7 +83,7 @@ def add_routes(r: web.UrlDispatcher, orders_of: Callable[[web.Request], WorkOrde
         o = wo.get(actor_of(request), oid)
         timeline = [{"ts": e.ts, "actor": e.actor, "action": e.action, "detail": e.detail}
                     for e in wo.timeline(oid)]
-        return _json({"workorder": wo.view(o), "timeline": timeline, "now": wo.svc.clock()})
+        return _json({"workorder": wo.view(o), "timeline": timeline, "now": now_of(request)})
 
     async def action(request: web.Request) -> web.Response:
         """A work-order step (accept, depart, arrive, handle, return, dispatch, reassign, verify, close, ...)."""

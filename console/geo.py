@@ -18,6 +18,7 @@ from broker.gcj02 import gcj02_to_wgs84 as gcj02_to_wgs84
 from broker.gcj02 import outside_china as outside_china
 from broker.gcj02 import wgs84_to_gcj02 as wgs84_to_gcj02
 from console.config import MapFeature
+from console.errors import ConsoleError
 
 
 def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
@@ -41,7 +42,7 @@ def bounds_of(points: Iterable[tuple[float, float]], pad: float = 0.1,
     return w - dx, s - dy, e + dx, n + dy
 
 
-class LayerFileError(ValueError):
+class LayerFileError(ConsoleError, ValueError):
     """The GeoJSON layer file cannot be used; the message names the file and the feature."""
 
 

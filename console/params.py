@@ -12,14 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from alerting.api import ID_RE, DeskError, json_body
-from alerting.api import parse_time as parse_alert_time
+from alerting.surface import ID_RE, DeskError, json_body
+from alerting.surface import parse_time as parse_alert_time
 from broker.contracts import DEVICE_ID_PATTERN
+from console.errors import ConsoleError
 
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN.strip("^$"))
 
 
-class ApiError(Exception):
+class ApiError(ConsoleError):
     """An HTTP error with a machine-readable code."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -25,11 +25,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from alerting.api import query_int, query_text
-from alerting.desk import Actor, DeskError
-from alerting.evidence import EvidenceRefused
+from alerting.surface import Actor, DeskError, EvidenceRefused, make_actor, query_int, query_text
 from console import board
 from console.auth import Session, allowed, bearer_account, check_login, csrf_ok
+from console.errors import ConsoleError
 from console.fieldwork import GRID_STAFF_PATHS, raw_upload
 from console.fieldwork import add_routes as add_fieldwork_routes
 from console.maintenance import maintenance_json, window_request
@@ -43,13 +42,13 @@ from console.params import (
     text_field,
 )
 from console.push import HEARTBEAT, sse_frame
-from console.service import ConsoleError, ConsoleService
+from console.views import ConsoleViews
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "vigil_session"
-_SVC = web.AppKey("console", ConsoleService)
+_SVC = web.AppKey("console", ConsoleViews)
 _CALLER = web.RequestKey("caller", object)
 _AUDIT = web.RequestKey("audit", dict)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -73,8 +72,7 @@ class Caller:
     @property
     def actor(self) -> Actor:
         """The alerting desk's view of the caller."""
-        return Actor(self.user, self.role, self.unit)  # type: ignore[arg-type]
-
+        return make_actor(self.user, self.role, self.unit)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -82,7 +80,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def _svc(request: web.Request) -> ConsoleService:
+def _svc(request: web.Request) -> ConsoleViews:
     return request.app[_SVC]
 
 
@@ -104,7 +102,7 @@ def _need(caller: Caller, permission: str) -> None:
 
 # ---------------------------------------------------------------------- middleware
 
-def _authenticate(request: web.Request, svc: ConsoleService) -> Caller | None:
+def _authenticate(request: web.Request, svc: ConsoleViews) -> Caller | None:
     header = request.headers.get("Authorization", "")
     if header:
         # Scripts' bearer tokens count against the same limiter as logins (user unknown: one key per address).
@@ -197,7 +195,7 @@ async def health(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
-def _session_json(svc: ConsoleService, caller: Caller) -> dict[str, Any]:
+def _session_json(svc: ConsoleViews, caller: Caller) -> dict[str, Any]:
     if caller.role == "grid_staff":  # field staff see their grids, not the centre's directory
         wo = svc.alerting.workorders
         return {"user": caller.user, "role": caller.role, "unit": caller.unit,
@@ -214,10 +212,10 @@ def _session_json(svc: ConsoleService, caller: Caller) -> dict[str, Any]:
             "permissions": {p: allowed(caller.role, p) for p in ("alert.handle", "silence.create", "roster.edit",
                                                                   "audit.view", "maintenance.edit")},
             "workorders": {"field": False, "centre": svc.alerting.workorders is not None},
-            "people": [{"id": p.id, "name": p.name, "unit": p.unit} for p in svc.alerting.roster.people.values()],
+            "people": [{"id": p.id, "name": p.name, "unit": p.unit} for p in svc.alerting.people()],
             "users": sorted(svc.accounts),
             "units": sorted({s.unit for s in svc.registry.sites.values() if s.unit}
-                            | {p.unit for p in svc.alerting.roster.people.values() if p.unit}),
+                            | {p.unit for p in svc.alerting.people() if p.unit}),
             "sites": [{"id": s.id, "name": s.name, "industry": s.industry, "unit": s.unit}
                       for s in svc.registry.sites.values()],
             "industries": sorted({s.industry for s in svc.registry.sites.values() if s.industry})}
@@ -288,7 +286,7 @@ async def get_alert(request: web.Request) -> web.Response:
 async def alert_snapshot(request: web.Request) -> web.Response:
     """The alert's evidence image, read through the evidence policy (never a redirect to the device's URL)."""
     svc = _svc(request)
-    rec = svc.desk.get(path_id(request))
+    rec = svc.alerting.alert(path_id(request))
     if not rec.snapshot_url:
         raise ApiError(404, "not_found", "this alert has no snapshot")
     try:
@@ -303,7 +301,7 @@ async def alert_snapshot(request: web.Request) -> web.Response:
 async def alert_series(request: web.Request) -> web.Response:
     """The alerting device's telemetry around the alert (``before``/``after`` seconds, default 10/5 min)."""
     svc = _svc(request)
-    rec = svc.desk.get(path_id(request))
+    rec = svc.alerting.alert(path_id(request))
     before = seconds_param(request, "before", 600.0, 7 * 86400.0)
     after = seconds_param(request, "after", 300.0, 7 * 86400.0)
     end = min(rec.ends_at or svc.clock(), rec.starts_at + after) if rec.ends_at else svc.clock()
@@ -321,54 +319,34 @@ async def alert_action(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", f"no action {action[:40]!r}")
     body = await body_of(request)
     request[_AUDIT] = {k: v for k, v in body.items() if isinstance(v, str | int | float)}
-    desk, actor = svc.desk, c.actor
+    alerting, actor = svc.alerting, c.actor
     if action == "silence":
         _need(c, "silence.create")
-        rec = desk.get(aid)
+        alerting.alert(aid)  # 404 before the body is judged
         try:
             minutes = float(body.get("duration_min", 60))
         except (TypeError, ValueError):
             raise ApiError(400, "invalid", "duration_min must be a number") from None
         if not math.isfinite(minutes) or not 1 <= minutes <= 7 * 24 * 60:
             raise ApiError(400, "invalid", "duration_min must be 1 .. 10080")
-        scope = body.get("scope", "rule_device")
-        matchers = {"device": [f"device_id={rec.device_id}"], "rule": [f"rule={rec.rule}"],
-                    "rule_device": [f"rule={rec.rule}", f"device_id={rec.device_id}"]}.get(str(scope))
-        if matchers is None:
-            raise ApiError(400, "invalid", "scope is device, rule or rule_device")
-        if not actor.at_least("supervisor") and actor.unit:
-            matchers.append(f"unit={actor.unit}")
-        now = svc.clock()
-        s = desk.create_silence(actor, matchers, now + minutes * 60, now, text_field(body, "comment", 1000)
-                                or f"silenced from alert {aid}")
-        desk.comment(aid, actor, f"静默 {minutes:.0f} 分钟 / silenced for {minutes:.0f} min ({', '.join(s.matchers)})")
+        s = alerting.silence_alert(aid, actor, str(body.get("scope", "rule_device")), minutes,
+                               text_field(body, "comment", 1000))
         return _json({"silence": _silence_json(s)}, 201)
     _need(c, "alert.handle")
     if action == "ack":
-        rec = desk.acknowledge(aid, actor, text_field(body, "note"))
+        rec = alerting.acknowledge(aid, actor, text_field(body, "note"))
     elif action == "assign":
-        rec = desk.assign(aid, actor, text_field(body, "assignee", 100) or None, text_field(body, "unit", 100) or None,
+        rec = alerting.assign(aid, actor, text_field(body, "assignee", 100) or None, text_field(body, "unit", 100) or None,
                           text_field(body, "note"))
     elif action == "comment":
-        rec = desk.comment(aid, actor, text_field(body, "text"))
+        rec = alerting.comment(aid, actor, text_field(body, "text"))
     elif action == "resolve":
-        rec = desk.close(aid, actor, text_field(body, "reason", 1000))
+        rec = alerting.close(aid, actor, text_field(body, "reason", 1000))
     elif action == "driver_text":  # vehicle alerts: JT/T 808 0x8300 to the driver (docs/vehicles.md)
-        from alerting.vehicle_commands import driver_text
-
-        text = text_field(body, "text", 1000)
-        try:
-            topic, payload, cid = driver_text(desk.get(aid), actor.name, text)
-        except ValueError as exc:
-            raise ApiError(400, "invalid", str(exc)) from None
-        # Recorded first: the comment checks the operator may handle this alert, and nothing is sent if not.
-        rec = desk.comment(aid, actor, f"[发送驾驶员短信 0x8300 / text to driver, command {cid}] {text.strip()}")
-        svc.alerting.mqtt.publish_nowait(topic, payload, qos=1)
+        rec, _cid = alerting.text_driver(aid, actor, text_field(body, "text", 1000))
     else:
         raise ApiError(404, "not_found", f"no action {action!r}")
-    from alerting.api import alert_json
-
-    return _json({"alert": alert_json(svc.alerting, rec)})
+    return _json({"alert": alerting.alert_json(rec)})
 
 
 # ---------------------------------------------------------------------- silences
@@ -382,7 +360,7 @@ async def list_silences(request: web.Request) -> web.Response:
     """Silences in force or scheduled, and the recurring maintenance windows."""
     svc = _svc(request)
     now = svc.clock()
-    return _json({"now": now, "silences": [_silence_json(s) | {"active": s.active(now)} for s in svc.desk.silences()],
+    return _json({"now": now, "silences": [_silence_json(s) | {"active": s.active(now)} for s in svc.alerting.silences()],
                   "maintenance": svc.maintenance()})
 
 
@@ -409,7 +387,7 @@ async def create_silence(request: web.Request) -> web.Response:
         if not math.isfinite(minutes) or not 1 <= minutes <= 366 * 24 * 60:
             raise ApiError(400, "invalid", "duration_min must be 1 .. 527040")
         end = start + minutes * 60
-    s = svc.desk.create_silence(c.actor, [m.strip() for m in matchers if m.strip()], end, start,
+    s = svc.alerting.create_silence(c.actor, [m.strip() for m in matchers if m.strip()], end, start,
                                 text_field(body, "comment", 1000))
     return _json({"silence": _silence_json(s)}, 201)
 
@@ -421,7 +399,7 @@ async def expire_silence(request: web.Request) -> web.Response:
     _need(c, "silence.expire")
     sid = path_id(request)
     request[_AUDIT] = {"silence": sid}
-    svc.desk.delete_silence(c.actor, sid)
+    svc.alerting.delete_silence(c.actor, sid)
     return _json({"expired": sid})
 
 
@@ -435,8 +413,8 @@ async def create_maintenance(request: web.Request) -> web.Response:
     request[_AUDIT] = {k: body.get(k) for k in ("name", "matchers", "weekdays", "start", "end", "duration_min",
                                                  "timezone", "until")}
     w = window_request(body, svc.config.timezone)
-    m = svc.desk.create_maintenance(c.actor, w.name, w.matchers, w.weekdays, w.start, w.duration_min, w.timezone,
-                                    w.until, w.comment)
+    m = svc.alerting.create_maintenance(c.actor, w.name, w.matchers, w.weekdays, w.start, w.duration_min,
+                                        w.timezone, w.until, w.comment)
     return _json({"maintenance": maintenance_json(m)}, 201)
 
 
@@ -447,7 +425,7 @@ async def delete_maintenance(request: web.Request) -> web.Response:
     _need(c, "maintenance.edit")
     wid = path_id(request)
     request[_AUDIT] = {"maintenance": wid}
-    old = svc.desk.delete_maintenance(c.actor, wid)
+    old = svc.alerting.delete_maintenance(c.actor, wid)
     return _json({"deleted": wid, "name": old.name})
 
 
@@ -509,8 +487,8 @@ async def add_override(request: web.Request) -> web.Response:
     start, end = parse_time(body.get("starts_at"), "starts_at"), parse_time(body.get("ends_at"), "ends_at")
     if start is None or end is None:
         raise ApiError(400, "invalid", "starts_at and ends_at are required")
-    o = svc.desk.add_override(c.actor, text_field(body, "roster", 100), text_field(body, "person", 100), start, end,
-                              text_field(body, "reason", 500))
+    o = svc.alerting.add_override(c.actor, text_field(body, "roster", 100), text_field(body, "person", 100), start,
+                                  end, text_field(body, "reason", 500))
     return _json({"override": {"id": o.id, "roster": o.roster, "person": o.person, "starts_at": o.starts_at,
                                "ends_at": o.ends_at}}, 201)
 
@@ -521,7 +499,7 @@ async def delete_override(request: web.Request) -> web.Response:
     c = _caller(request)
     request[_AUDIT] = {"override": request.match_info["id"]}
     _need(c, "roster.edit")
-    svc.desk.delete_override(c.actor, request.match_info["id"])
+    svc.alerting.delete_override(c.actor, request.match_info["id"])
     return _json({"deleted": request.match_info["id"]})
 
 
@@ -598,7 +576,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 # ---------------------------------------------------------------------- the application
 
-def build_app(svc: ConsoleService) -> web.Application:
+def build_app(svc: ConsoleViews) -> web.Application:
     """The console's aiohttp application."""
     app = web.Application(middlewares=[guard], client_max_size=256 * 1024)
     app[_SVC] = svc
@@ -629,12 +607,13 @@ def build_app(svc: ConsoleService) -> web.Application:
     r.add_get("/api/audit", audit_log)
     r.add_get("/api/events", events)
     r.add_get("/evidence/{path:.+}", evidence)
-    add_fieldwork_routes(r, lambda rq: _svc(rq).alerting.workorders, lambda rq: _caller(rq).actor, _audit_fields)
+    add_fieldwork_routes(r, lambda rq: _svc(rq).alerting.workorders, lambda rq: _caller(rq).actor, _audit_fields,
+                         lambda rq: _svc(rq).clock())
     r.add_static("/static/", STATIC, append_version=False)
     return app
 
 
-async def serve(svc: ConsoleService) -> None:
+async def serve(svc: ConsoleViews) -> None:
     """Run the web server until cancelled."""
     runner = web.AppRunner(build_app(svc), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
@@ -645,9 +624,8 @@ async def serve(svc: ConsoleService) -> None:
         await runner.cleanup()
         raise ConsoleError(f"console: cannot listen on {svc.config.listen}: {exc.strerror or exc} "
                            "(change console.listen)") from None
-    server = getattr(site, "_server", None)
-    socks = getattr(server, "sockets", None) or []
-    svc.port = socks[0].getsockname()[1] if socks else svc.config.port
+    addrs = runner.addresses  # the bound sockets' names: the real port when listen asked for :0
+    svc.port = int(addrs[0][1]) if addrs else svc.config.port
     svc.started.set()
     log.info("console: serving on %s", svc.url)
     try:

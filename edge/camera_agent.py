@@ -58,8 +58,8 @@ from edge.camera.events import (
 from edge.camera.evidence import EvidenceStore
 from edge.camera.runner import AgentOutput, CameraRunner, EventOutput, StatusOutput, TelemetryOutput
 from edge.camera.source import mask_url
-from edge.open_events import OPEN_EVENTS_FILE, OpenEvent, OpenEventFile
 from edge.runtime import EdgeIdentity, EdgeLink, EdgeLinkError, OutboxError
+from edge.runtime.outbox import OPEN_EVENTS_FILE, OpenEvent, OpenEventFile
 
 log = logging.getLogger("vigil.camera_agent")
 AGENT_NAME = "vigil-camera-agent"

@@ -1,7 +1,8 @@
-"""``vigil rules check|test|replay|scenario``: tools for rule authors.
+"""``vigil rules check|test|replay``: tools for rule authors.
 
-The lead's ``vigil`` program wires these with ``add_arguments(subparsers)``; each
-sub-command's function returns the process exit code.
+The ``vigil`` program wires these with ``add_arguments(subparsers)`` and adds ``scenario`` from the
+``scenario`` package (the harness lives outside the rules stage); each sub-command's function
+returns the process exit code.
 """
 
 from __future__ import annotations
@@ -78,48 +79,9 @@ def replay(rule_paths: list[str], *, mqtt_file: str | None = None, influx_url: s
                           as_json=as_json, timezone=timezone, out=out or sys.stdout)
 
 
-def scenario(files: list[str], *, verbose: bool = False, coverage: bool = False, record: str | None = None,
-             out: TextIO | None = None) -> int:
-    """Run scenario files (default: the shipped ones); 0 when every scenario passes (and, with
-    ``coverage``, every shipped rule has a verified firing and quiet scenario), 1 otherwise."""
-    from rules.scenario import coverage_report, format_result, run_scenario_file, scenario_files
-
-    out = out or sys.stdout
-    paths = scenario_files(files)
-    if not paths:
-        print("no scenario files found", file=out)
-        return 1
-    results = []
-    recorded: list[tuple[float, str, bytes]] | None = [] if record else None
-    for path in paths:
-        result = run_scenario_file(path, recorded)
-        results.append(result)
-        for line in format_result(result, verbose):
-            print(line, file=out)
-    failed = sum(not r.passed for r in results)
-    print(f"{len(results) - failed} passed, {failed} failed", file=out)
-    if record and recorded is not None:
-        import json
-
-        # The input of `vigil rules replay --mqtt-file`: what the broker delivered, when.
-        with open(record, "w", encoding="utf-8") as handle:
-            for ts, topic, payload in recorded:
-                handle.write(json.dumps({"topic": topic, "payload": payload.decode("utf-8", "replace"), "ts": ts},
-                                        ensure_ascii=False) + "\n")
-        print(f"{len(recorded)} delivered messages written to {record}", file=out)
-    if coverage:
-        report = coverage_report(results)
-        for line in report.table():
-            print(line, file=out)
-        missing = report.missing()
-        print(f"{len(missing)} shipped rules lack a verified firing or quiet scenario", file=out)
-        if missing:
-            return 1
-    return 1 if failed else 0
-
-
-def add_arguments(subparsers: Any) -> None:
-    """Add ``rules`` with its ``check``, ``test``, ``replay`` and ``scenario`` sub-commands; sets ``func``."""
+def add_arguments(subparsers: Any) -> Any:
+    """Add ``rules`` with its ``check``, ``test`` and ``replay`` sub-commands (each sets ``func``); returns
+    the group's sub-parsers so the program can add commands that live elsewhere (``scenario``)."""
     rules_p = subparsers.add_parser("rules", help="check, test and replay alert rules")
     sub = rules_p.add_subparsers(dest="rules_command", required=True)
 
@@ -132,15 +94,6 @@ def add_arguments(subparsers: Any) -> None:
     p.add_argument("files", nargs="*", help="test files or directories (default: the shipped packs' tests)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=lambda a: test(a.files, verbose=a.verbose))
-
-    p = sub.add_parser("scenario", help="run scenario files: device input through the gateways to alerts")
-    p.add_argument("files", nargs="*", help="scenario files or directories (default: the shipped scenarios)")
-    p.add_argument("-v", "--verbose", action="store_true", help="show expected and actual alerts of passing ones too")
-    p.add_argument("--coverage", action="store_true",
-                   help="also list every shipped rule's verified firing/quiet scenarios; fail if one lacks either")
-    p.add_argument("--record", metavar="FILE",
-                   help="write the messages the platform received as JSON lines for `vigil rules replay --mqtt-file`")
-    p.set_defaults(func=lambda a: scenario(a.files, verbose=a.verbose, coverage=a.coverage, record=a.record))
 
     p = sub.add_parser("replay", help="run rules over recorded history and print the alerts that would fire")
     p.add_argument("--rules", dest="rule_paths", action="append", default=[],
@@ -161,6 +114,7 @@ def add_arguments(subparsers: Any) -> None:
                                          influx_db=a.influx_db, since=a.since, until=a.until, registry=a.registry,
                                          devices=a.devices, kinds=a.kinds, tick=a.tick, as_json=a.as_json,
                                          timezone=a.timezone))
+    return sub
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from typing import Any, Final
 import yaml
 
 from broker.registry import DeviceRegistry
+from rules.errors import RulesError
 
 STANDARDS_FILE: Final = Path(__file__).resolve().parent / "data" / "emission_standards.yaml"
 WHATS: Final = frozenset({"hour", "day", "min", "max", "reference_o2"})
@@ -31,7 +32,7 @@ _LOCAL_SUFFIX: Final = {"hour": "_limit", "day": "_daily_limit", "min": "_min", 
 _CACHE_LIMIT: Final = 100_000
 
 
-class StandardsError(ValueError):
+class StandardsError(RulesError, ValueError):
     """The standards data file is invalid (a bug in the shipped data)."""
 
 

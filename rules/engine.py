@@ -30,7 +30,7 @@ anchors with it (``shift_wall``), so silence and pending timers keep their lengt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -44,11 +44,11 @@ from broker.contracts import (
     Transition,
 )
 from broker.registry import DeviceRegistry, RegistryError
-from rules.conditions.base import CLEAR, FIRE, HOLD, EvalContext, Signal
+from rules.conditions.base import CLEAR, FIRE, HOLD, Condition, EvalContext, Signal
 from rules.conditions.basic import AbsenceCondition
 from rules.emission_limits import check_registry
 from rules.model import Rule, missing_required_attributes
-from rules.periods import PERIOD_SECONDS, period_of
+from rules.periods import PERIOD_METRIC, PERIOD_SECONDS, period_of
 
 INACTIVE: Final = 0
 PENDING: Final = 1
@@ -190,6 +190,8 @@ class RuleEngine:
         self._by_kind: dict[Kind, list[DeviceState]] = {}
         """Devices by kind, so the tick visits only devices a time-driven rule can apply to."""
         self._index = _Index()
+        self.owns: Callable[[str], bool] | None = None
+        """With partitions: whether this process handles a device (absence is watched only for its own)."""
         rules = list(rules)
         if registry is not None and any(p.standard is not None for r in rules for p in r.params.values()):
             problems = check_registry(registry)
@@ -288,26 +290,28 @@ class RuleEngine:
         if isinstance(payload, Telemetry):
             dev = self._device(msg.device_id, kind, payload.site)
             dev.seen_rx = max(dev.seen_rx, received)
-            ts = _ts(payload.ts)
-            cn = period_of(payload.metrics)
+            ts = payload.ts.timestamp()
+            metrics = payload.metrics
+            # (most telemetry is not a period record: look for its marker before calling out)
+            cn = period_of(metrics) if PERIOD_METRIC in metrics else None
             if cn is not None:
                 self._process_period(dev, cn, payload, kind, ts, now, received, out)
                 return
             late = ts < dev.last_ts
             if not late:
-                dev.metrics.update(payload.metrics)
+                dev.metrics.update(metrics)
                 if payload.quality:
                     dev.quality.update(payload.quality)
                 dev.last_ts = ts
             else:
                 self.counters.late += 1
             dev.last_rx = max(dev.last_rx, received)
-            key = tuple(payload.metrics)
+            key = tuple(metrics)
             rules = dev.rule_cache.get(key)
             if rules is None:
                 by_metric = self._index.by_metric.get(kind, {})
                 cands: dict[str, Rule] = {}
-                for metric in payload.metrics:
+                for metric in metrics:
                     for r in by_metric.get(metric, ()):
                         cands[r.name] = r
                 for r in self._index.any_telemetry.get(kind, ()):
@@ -316,9 +320,9 @@ class RuleEngine:
             if not rules:
                 return
             ctx = EvalContext(msg.device_id, kind, ts, dev.metrics, dev.quality, {}, now, dev.last_rx,
-                              sample=not late, late=late, message_metrics=payload.metrics)
+                              sample=not late, late=late, message_metrics=metrics)
             if late:
-                ctx.metrics = {**dev.metrics, **payload.metrics}
+                ctx.metrics = {**dev.metrics, **metrics}
                 ctx.quality = {**dev.quality, **(payload.quality or {})}
             self._run(rules, dev, ctx, received, out)
         elif isinstance(payload, DeviceEvent):
@@ -627,9 +631,14 @@ class RuleEngine:
         out: list[Transition] = []
         seen = 0
         base = self.wall_offset
-        if self.registry is not None:
+        if self.registry is not None and self._index.silence:
+            owns = self.owns
+            known = self.devices
+            # Registered devices never heard yet (once per tick, not once per rule: most have been heard).
+            unseen = [d for d in list(self.registry.devices.values())
+                      if d.id not in known and (owns is None or owns(d.id))]  # other partitions watch theirs
             for rule in self._index.silence:
-                for device in list(self.registry.devices.values()):
+                for device in unseen:
                     seen += 1
                     if seen % every == 0:
                         yield out
@@ -643,24 +652,30 @@ class RuleEngine:
             if self.rules.get(rule.name) is not rule:
                 continue  # replaced by a reload between pieces
             silence = rule.watches_silence
+            name = rule.name
+            checks = _tick_checks(rule)
             for dev in (d for kind in rule.kinds for d in self._by_kind.get(Kind(kind), ())):
                 seen += 1
                 if seen % every == 0:
                     yield out
                     out = []
                     now, base = now + self.wall_offset - base, self.wall_offset  # a step between pieces
-                rs = dev.rules.get(rule.name)
+                rs = dev.rules.get(name)
                 if rs is None:
                     if not silence:
                         continue
                     reg = self.registry.device(dev.device_id) if self.registry is not None else None
                     if not rule.applies_to(dev.device_id, dev.kind, dev.site, reg):
                         continue
-                    rs = dev.rules[rule.name] = RuleState(rule, self._params(rule, dev.device_id))
-                if not (rs.phase == PENDING or rs.phase == CLEARING or rs.flapping
-                        or rule.condition.wants_tick(rs.slots)
-                        or (rule.clear is not None and rule.clear.wants_tick(rs.slots))):
-                    continue  # nothing here changes with time alone
+                    rs = dev.rules[name] = RuleState(rule, self._params(rule, dev.device_id))
+                phase = rs.phase
+                if not (phase in (PENDING, CLEARING) or rs.flapping):
+                    slots = rs.slots
+                    for check in checks:
+                        if check(slots):
+                            break
+                    else:
+                        continue  # nothing here changes with time alone
                 try:
                     self._tick_one(rule, dev, rs, now, out)
                 except Exception as exc:
@@ -716,6 +731,37 @@ class RuleEngine:
         """(device, rule) pairs whose alert is firing now."""
         return [(d.device_id, name) for d in self.devices.values() for name, rs in d.rules.items()
                 if rs.phase in (FIRING, CLEARING)]
+
+
+_TICK_CHECKS: dict[int, tuple[Rule, tuple[Callable[[list[Any]], bool], ...]]] = {}
+
+
+def _tick_checks(rule: Rule) -> tuple[Callable[[list[Any]], bool], ...]:
+    """The ``wants_tick`` methods that decide whether time alone can change a rule's signal, flattened.
+
+    A composite condition's ``wants_tick`` is "any of my children's"; calling the leaves (and the
+    conditions that decide for their own children) directly gives the same answer without a generator
+    per composite per device per tick (the tick walks every device of every ticked rule each second).
+    """
+    cached = _TICK_CHECKS.get(id(rule))
+    if cached is not None and cached[0] is rule:
+        return cached[1]
+    out: list[Callable[[list[Any]], bool]] = []
+
+    def flatten(cond: Condition) -> None:
+        if type(cond).wants_tick is Condition.wants_tick:
+            for child in cond.children():
+                flatten(child)
+        else:
+            out.append(cond.wants_tick)
+
+    flatten(rule.condition)
+    if rule.clear is not None:
+        flatten(rule.clear)
+    if len(_TICK_CHECKS) > 10_000:
+        _TICK_CHECKS.clear()
+    _TICK_CHECKS[id(rule)] = (rule, tuple(out))
+    return tuple(out)
 
 
 def _absence_slots(rule: Rule) -> list[int]:

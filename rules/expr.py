@@ -21,11 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from rules.errors import RulesError
+
 MetricMap = Mapping[str, Any]
 Compiled = Callable[[MetricMap, MetricMap, MetricMap], Any]
 
 
-class ExpressionError(ValueError):
+class ExpressionError(RulesError, ValueError):
     """An expression is not valid; the message says what is wrong."""
 
 

@@ -36,11 +36,12 @@ from broker.contracts import (
 )
 from broker.registry import DeviceRegistry, RegistryError
 from rules.engine import RuleEngine
+from rules.errors import RulesError
 from rules.loader import PACKS_DIR, load_rules
 from rules.periods import PERIOD_SECONDS, period_of
 
 
-class ReplayError(Exception):
+class ReplayError(RulesError):
     """The history could not be read."""
 
 

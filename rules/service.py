@@ -124,6 +124,8 @@ class RulesService:
         self.files = RuleFiles(configured_files(config), config.timezone, config)
         self.files.load(force=True)
         self.engine = RuleEngine(self.files.rules(), registry)
+        if ingest.partition is not None:
+            self.engine.owns = ingest.owns
         self.store = StateStore(Path(state_dir), fsync=config.fsync_journal)
         self.restored = self.store.restore(self.engine)
         self.published = 0

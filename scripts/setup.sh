@@ -12,7 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 packages=(python3 python3-venv python3-pip mosquitto mosquitto-clients influxdb victoria-metrics)
 # faketime: libfaketime steps the platform clock in tests/faults/test_platform_clock.py.
-if [ "$want_test" -eq 1 ]; then packages+=(chromium openssl fonts-wqy-microhei faketime); fi
+# nats-server: the 3-node JetStream cluster of tests/cluster and bench/bench_cluster.py (docs/cluster.md).
+if [ "$want_test" -eq 1 ]; then packages+=(chromium openssl fonts-wqy-microhei faketime nats-server); fi
 
 missing=()
 for p in "${packages[@]}"; do

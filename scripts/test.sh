@@ -11,7 +11,7 @@ mkdir -p test-artifacts
 if [ "$#" -eq 0 ]; then
   echo "test: ruff check"
   .venv/bin/ruff check .
-  echo "test: mypy --strict (package code)"
-  .venv/bin/mypy --strict vigil broker edge rules alerting storage simulators console
+  echo "test: mypy --strict (package code and the tests' shared support)"
+  .venv/bin/mypy --strict vigil broker edge rules alerting storage simulators console scenario tests/support
 fi
 exec .venv/bin/python -m pytest "$@"

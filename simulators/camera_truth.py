@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from simulators.camera_scenes import Scene
+from simulators.camera_script import Scene
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _STEP = 0.05

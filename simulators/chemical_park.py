@@ -31,6 +31,7 @@ import msgspec
 import yaml
 
 from edge.modbus.tagmap import encode_value
+from simulators.errors import SimulatorError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ DEFAULT_TANKS: Final = [Tank(id="tk-01", level_pct=62.0), Tank(id="tk-02", level
                         Tank(id="tk-03", level_pct=35.0, temperature_c=22.0, pressure_kpa=8.0)]
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SimulatorError, ValueError):
     """A scenario file is invalid (the message names the file and key)."""
 
 

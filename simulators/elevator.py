@@ -24,6 +24,8 @@ from typing import Any, Final, Literal
 import msgspec
 import yaml
 
+from simulators.errors import SimulatorError
+
 SCENARIO_DIR: Final = Path(__file__).parent / "scenarios"
 _SUBSTEP_S: Final = 0.05
 _EMERGENCY_DECEL_MPS2: Final = 3.0
@@ -94,7 +96,7 @@ class ElevatorScenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Event types the elevator monitor must raise on this scenario (checked by the tests)."""
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SimulatorError, ValueError):
     """A scenario file is missing or invalid; the message names the file and the key."""
 
 
@@ -504,10 +506,3 @@ def scenario_info(scenario: ElevatorScenario) -> dict[str, Any]:
     """A short description of a scenario for logs and the demo."""
     return {"name": scenario.name, "seed": scenario.seed, "duration_s": scenario.duration_s,
             "faults": [f.type.value for f in scenario.faults], "expect_events": scenario.expect_events}
-
-
-async def run_fleet(mqtt_url: str, count: int, rate_hz: float, duration_s: float, **options: Any) -> int:
-    """Run a simulated elevator fleet over MQTT; see ``simulators.elevator_fleet.run_fleet``."""
-    from simulators.elevator_fleet import run_fleet as _run_fleet  # the I/O side lives there
-
-    return await _run_fleet(mqtt_url, count, rate_hz, duration_s, **options)

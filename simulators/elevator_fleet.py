@@ -228,7 +228,7 @@ class ElevatorFleet:
 
 def _monitor_factory(spec: ElevatorSpec) -> Callable[[str], Any]:
     # The detectors live in the edge package; only fleets that detect need it.
-    from edge.elevator.monitor import ElevatorMonitor
+    from edge.elevator.agent import ElevatorMonitor
     from edge.elevator.signals import ElevatorGeometry
 
     geometry = ElevatorGeometry(floors=spec.floors, floor_height_m=spec.floor_height_m,

@@ -45,6 +45,7 @@ from edge.jt808.messages import (
     parse_register_reply,
     word,
 )
+from simulators.errors import SimulatorError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Scenario(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """New connections per wall second (avoid a SYN flood of thousands at once)."""
 
 
-class ScenarioError(ValueError):
+class ScenarioError(SimulatorError, ValueError):
     """A scenario file is invalid; the message names the file and the key."""
 
 

@@ -46,6 +46,7 @@ from edge.jt809.messages import (
     parse_login_reply,
     parse_verify_code,
 )
+from simulators.errors import SimulatorError
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ class SimStats:
                 "logout_replies": self.logout_replies}
 
 
-class LoginRefused(Exception):
+class LoginRefused(SimulatorError):
     """The gateway answered the login with a non-zero result."""
 
     def __init__(self, result: int) -> None:

@@ -34,6 +34,7 @@ from broker.contracts import (
     Telemetry,
     format_ts,
 )
+from storage.errors import StorageError
 
 INT_METRICS: Final = frozenset({"floor", "occupancy", "alarm_flags", "status_flags", "cn"})
 """Catalogue metrics stored as InfluxDB integers; every other number is stored as a float."""
@@ -43,6 +44,8 @@ MAX_STRING_CHARS: Final = 16_384
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
+_EXACT_FLOAT_INT: Final = 2**53
+"""Integers up to this size convert to float exactly (and never overflow)."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _JSON: Final = msgspec.json.Encoder()
 
@@ -167,6 +170,8 @@ class LineEncoder:
         self._fields = FieldWriter(self.skipped)
         self._keys: dict[str, str] = {}
         self._prefixes: dict[tuple[str, str, str | None], str] = {}
+        self._words: dict[tuple[str, str], str] = {}
+        """``key="value"`` of short string metrics: a fleet repeats a few states (door "closed", mode "normal")."""
         self._cache_size = cache_size
 
     def _key(self, name: str) -> str:
@@ -192,6 +197,7 @@ class LineEncoder:
         fw = self._fields
         ints = self.int_metrics
         keys = self._keys
+        words = self._words
         parts: list[str] = []
         for name, value in msg.metrics.items():
             key = keys.get(name) or self._key(name)
@@ -201,6 +207,15 @@ class LineEncoder:
                 parts.append(f"{key}={value!r}")
             elif t is int and name in ints and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
                 parts.append(f"{key}={value}i")
+            elif t is int and name not in ints and -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT:  # type: ignore[operator]
+                parts.append(f"{key}={float(value)!r}")  # a JSON integer of a float metric (load_kg: 0)
+            elif t is str and len(value) <= 32:  # type: ignore[arg-type]
+                word = words.get((key, value))  # type: ignore[arg-type]
+                if word is None:
+                    if len(words) >= 10_000:
+                        words.clear()
+                    word = words[(key, value)] = f'{key}="{value.translate(_STRING_ESC)}"'  # type: ignore[union-attr,index]
+                parts.append(word)
             elif t is str and len(value) <= MAX_STRING_CHARS:  # type: ignore[arg-type]
                 parts.append(f'{key}="{value.translate(_STRING_ESC)}"')  # type: ignore[union-attr]
             elif t is bool:
@@ -212,10 +227,14 @@ class LineEncoder:
         if msg.quality:
             for code, flag in msg.quality.items():
                 parts.append(f"{self._key(code + '.Flag')}={fw.string(flag)}")
-        if msg.seq is not None and "seq" not in msg.metrics:
-            text = fw.number("seq", msg.seq, True)
-            if text is not None:
-                parts.append(f"seq={text}")
+        seq = msg.seq
+        if seq is not None and "seq" not in msg.metrics:
+            if 0 <= seq <= _INT64_MAX:
+                parts.append(f"seq={seq}i")
+            else:
+                text = fw.number("seq", seq, True)
+                if text is not None:
+                    parts.append(f"seq={text}")
         if not parts:
             self.skipped[SkipReason.NO_FIELDS] += 1
             return None
@@ -327,7 +346,7 @@ class ParsedPoint:
         return ",".join([self.measurement, *(f"{k}={v}" for k, v in sorted(self.tags.items()))])
 
 
-class LineSyntaxError(ValueError):
+class LineSyntaxError(StorageError, ValueError):
     """A line is not valid line protocol."""
 
 

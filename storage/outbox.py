@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
+from storage.errors import StorageError
+
 log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["batch", "interval", "off"]
@@ -51,7 +53,7 @@ MAX_FRAME: Final = 256 * 1024 * 1024
 _WARN_EVERY_S: Final = 5.0
 
 
-class OutboxError(Exception):
+class OutboxError(StorageError):
     """The outbox folder cannot be used (permissions, disk)."""
 
 

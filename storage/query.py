@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from storage.errors import StorageError
 from storage.lineproto import FieldValue
 
 
-class QueryError(Exception):
+class QueryError(StorageError):
     """The server refused or could not answer the query."""
 
 

@@ -29,9 +29,8 @@ from broker.contracts import (
 from broker.ingest import DeviceIngest
 from broker.mqtt import Message, MqttClient, NotDurable
 from broker.registry import DeviceRegistry
-from storage.backends import BackendError, StorageBackend, create_backend
+from storage.backends import BackendError, OutboxDrainer, StorageBackend, create_backend
 from storage.config import StorageConfig
-from storage.drainer import OutboxDrainer
 from storage.lineproto import LineEncoder
 from storage.outbox import Outbox, OutboxError
 

@@ -51,6 +51,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
+        if cfg.cluster is not None:
+            # One instance of a NATS JetStream cluster: partitions by lease (vigil.cluster, docs/cluster.md).
+            from vigil.cluster import run_cluster_instance
+
+            logging.getLogger("vigil").info("running %s as cluster instance %r", ", ".join(cfg.services), cfg.node)
+            await run_cluster_instance(cfg, registry, stop)
+            return 0
         platform = build_platform(cfg, registry)
         freeze_startup_heap()
         logging.getLogger("vigil").info("running %s as node %r", ", ".join(cfg.services), cfg.node)

@@ -19,12 +19,14 @@ from alerting.config import AlertingConfig, AlertingConfigError, check_tokens
 from console.config import ConsoleConfig
 from rules.config import RulesConfig
 from storage.config import StorageConfig
-from vigil.health import HealthConfig
+from vigil.cluster_config import ClusterSettings, check_cluster
+from vigil.errors import ProgramError
+from vigil.health_config import HealthConfig
 
 ServiceName = Literal["rules", "alerting", "storage", "console"]
 
 
-class ConfigError(ValueError):
+class ConfigError(ProgramError, ValueError):
     """The configuration is invalid; the message names the file and the key."""
 
 
@@ -89,6 +91,8 @@ class VigilConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     console: ConsoleConfig = ConsoleConfig()
     health: HealthConfig = HealthConfig()
     """Self-monitoring: checks, own alerts, /metrics and /health, dead-man heartbeat (vigil.health)."""
+    cluster: ClusterSettings | None = None
+    """Run as one of N instances on a NATS JetStream cluster instead of MQTT (docs/cluster.md)."""
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -144,6 +148,10 @@ def parse_config(raw: Any, source: str = "<config>", base_dir: Path | None = Non
         index, count = (int(x) for x in cfg.mqtt.partition.split("/"))
         if not 0 <= index < count:
             raise ConfigError(f"{source}: mqtt.partition {cfg.mqtt.partition!r}: need i/n with 0 <= i < n")
+    if cfg.cluster is not None:
+        problems = check_cluster(cfg.cluster, list(cfg.services))
+        if problems:
+            raise ConfigError(f"{source}: " + "; ".join(problems))
     if base_dir is not None:
         cfg = _resolve_paths(cfg, base_dir)
     return cfg

@@ -11,9 +11,9 @@ import importlib
 from typing import Any
 
 EDGE_AGENTS: dict[str, tuple[str, str]] = {
-    "hj212": ("edge.hj212.__main__", "HJ 212 gateway: TCP server for emission data loggers"),
-    "jt808": ("edge.jt808.gateway", "JT/T 808 gateway: TCP server for vehicle terminals"),
-    "jt809": ("edge.jt809.gateway", "JT/T 809 gateway: superior platform receiving lower platforms' vehicles"),
+    "hj212": ("edge.hj212.cli", "HJ 212 gateway: TCP server for emission data loggers"),
+    "jt808": ("edge.jt808.cli", "JT/T 808 gateway: TCP server for vehicle terminals"),
+    "jt809": ("edge.jt809.cli", "JT/T 809 gateway: superior platform receiving lower platforms' vehicles"),
     "elevator": ("edge.elevator.cli", "elevator monitor: a monitoring box's signals to events"),
     "camera": ("edge.camera_agent", "camera agent: OpenCV analytics with evidence snapshots"),
     "modbus": ("edge.modbus.cli", "Modbus TCP gateway: gas detectors, PLC/DCS/SIS gateways, tank gauges"),
@@ -32,10 +32,11 @@ SIMULATORS: dict[str, tuple[str, str]] = {
 
 
 def add_rules_commands(sub: Any) -> None:
-    """``vigil rules check|test|replay``."""
+    """``vigil rules check|test|replay`` (rules stage) and ``vigil rules scenario`` (the scenario harness)."""
     from rules import cli as rules_cli
+    from scenario import cli as scenario_cli
 
-    rules_cli.add_arguments(sub)
+    scenario_cli.add_arguments(rules_cli.add_arguments(sub))
 
 
 def _delegate(table: dict[str, tuple[str, str]]) -> Any:

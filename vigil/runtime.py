@@ -192,7 +192,9 @@ def build_platform(config: VigilConfig, registry: DeviceRegistry, *, extra: dict
     # With a registry file, only its devices are heard (a stolen gateway account cannot invent
     # devices; re-read when the file changes); without one (demo, commissioning) every well-formed
     # device id is accepted.
-    known = RegisteredDevices(config.registry, registry.devices) if config.registry else None
+    known = (RegisteredDevices(config.registry, registry.devices,
+                               kinds={d.id: d.kind.value for d in registry.devices.values()})
+             if config.registry else None)
     ingest = DeviceIngest(mqtt, stage=config.node, known_device=known, alarm_mqtt=alarm,
                           partition=parse_partition(config.mqtt.partition))
     stages: dict[str, Stage] = {}
@@ -248,6 +250,17 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+async def watch_registry(fleet: RegisteredDevices, interval: float = 2.0) -> None:
+    """Re-read the registry file when it changes, even while no message arrives (a partition subscribes
+    per device, so a new device's messages reach it only after this re-subscribes)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            fleet.check()
+        except Exception:  # an unreadable file must not stop the node; the devices already known stay heard
+            log.exception("registry %s: re-reading failed", fleet.path)
+
+
 STATS_INTERVAL_S = 10.0
 
 
@@ -288,6 +301,8 @@ async def run_platform(platform: Platform, stop: asyncio.Event,
             tasks = [tg.create_task(stage.run(), name=f"stage-{name}") for name, stage in platform.stages.items()]
             tasks.append(tg.create_task(write_stats_periodically(platform, stats_path), name="stats"))
             tasks.append(tg.create_task(platform.monitor.run(), name="loop-monitor"))
+            if platform.ingest.fleet is not None:
+                tasks.append(tg.create_task(watch_registry(platform.ingest.fleet), name="registry-watch"))
             if platform.config.health.enabled:
                 from vigil.health import HealthMonitor
 

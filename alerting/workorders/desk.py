@@ -16,7 +16,7 @@ import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -25,8 +25,8 @@ from alerting import lifecycle
 from alerting.config import WorkOrdersConfig, check_workorders
 from alerting.desk import Actor, DeskError
 from alerting.grids import Grid, GridBook
-from alerting.grouping import ACKED, FIRING, RESOLVED
 from alerting.lifecycle import AlertRecord, AuditEvent, LifecycleError
+from alerting.ports import WorkOrderHost
 from alerting.workorders import model
 from alerting.workorders.figures import order_figures
 from alerting.workorders.model import OrderError, WorkOrder
@@ -34,9 +34,6 @@ from alerting.workorders.store import OrderStore
 from broker.calendar import HolidayCalendar, current_calendar
 from broker.contracts import Alert, AlertStatus, Kind, Severity, Transition, WorkOrderState, encode
 from broker.registry import Site
-
-if TYPE_CHECKING:
-    from alerting.service import AlertingService
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +79,7 @@ def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float:
 class WorkOrderDesk:
     """The work orders of one alerting service."""
 
-    def __init__(self, svc: AlertingService, cfg: WorkOrdersConfig, state_dir: Path) -> None:
+    def __init__(self, svc: WorkOrderHost, cfg: WorkOrdersConfig, state_dir: Path) -> None:
         check_workorders(svc.config, files=False)  # ``vigil run`` builds services without alerting's cross-checks
         self.svc = svc
         self.cfg = cfg
@@ -347,7 +344,7 @@ class WorkOrderDesk:
         events = [self._event(new.id, now, actor.name, action, detail)]
         if rec is None:
             svc.store.add_events(events)
-            svc._commit()
+            svc.commit()
             return
         touched = msgspec.structs.replace(rec, updated_at=now, reason=f"{STAGE_ZH.get(new.stage, new.stage)} "
                                           f"({actor.name})")
@@ -364,14 +361,8 @@ class WorkOrderDesk:
                 events.append(ev)
         except LifecycleError:
             pass  # the alert moved on by itself (a rule cleared it); the order's own step stands
-        svc._save(touched, events)
-        if touched.status != rec.status:
-            status = {AlertStatus.FIRING: FIRING, AlertStatus.ACKNOWLEDGED: ACKED}.get(touched.status, RESOLVED)
-            for plan in svc.router.routes_for(touched.match_labels()):
-                svc.grouper.update(plan, touched.match_labels(), touched.id, status, now)
-            svc._flush_groups(now)
         svc.counters[f"workorders_{action}"] += 1
-        svc._commit()
+        svc.record_action(rec, touched, events)
 
     # ------------------------------------------------------------------ reported incidents
 
@@ -479,8 +470,8 @@ class WorkOrderDesk:
             rec = self.svc.open.get(oid) or self.svc.store.get_alert(oid)
             events = [self._event(oid, now, "system", "overdue", {"milestone": m}) for m in missed]
             if rec is not None:
-                self.svc._save(msgspec.structs.replace(rec, updated_at=now,
-                                                       reason=f"超时 overdue: {', '.join(missed)}"), events)
+                self.svc.save(msgspec.structs.replace(rec, updated_at=now,
+                                                      reason=f"超时 overdue: {', '.join(missed)}"), events)
             else:
                 self.svc.store.add_events(events)
             self.svc.counters["workorders_overdue"] += len(missed)
@@ -521,7 +512,7 @@ class WorkOrderDesk:
                 dedup_key=f"{key}:{rcpt}", kind="workorder", recipient=rcpt, alert_ids=[oid], title=title, body=body,
                 attach=None, created_at=now, source_ts=None, received_at=None)
             if nid is not None:
-                self.svc._to_send.append(nid)
+                self.svc.queue_notification(nid)
                 self.svc.counters["workorder_notifications"] += 1
 
     def decorate(self, alert: Alert) -> Alert:

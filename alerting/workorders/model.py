@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from alerting.errors import AlertingError
 from alerting.grids import distance_m
 
 Stage = Literal["new", "dispatched", "accepted", "en_route", "on_site", "handled", "verified", "closed", "returned"]
@@ -25,7 +26,7 @@ OPEN_STAGES: tuple[str, ...] = ("new", "dispatched", "accepted", "en_route", "on
 SATISFACTION = ("satisfied", "basically_satisfied", "unsatisfied", "unreachable")
 
 
-class OrderError(Exception):
+class OrderError(AlertingError):
     """A refused work-order action: ``code`` is ``conflict`` (409), ``invalid`` (400) or ``forbidden`` (403)."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -21,7 +21,7 @@ from edge.camera.motion import Gray, MotionDetector, MotionResult
 from edge.camera.people import PeopleCounter
 from edge.camera.tracker import CentroidTracker
 from edge.camera.zones import FrameScale, Schedule, Tripwire, Zone, analysis_mask
-from edge.open_events import RESTART_REASON, OpenEvent
+from edge.runtime.outbox import RESTART_REASON, OpenEvent
 
 Frame = np.ndarray
 

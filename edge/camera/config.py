@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
+from edge.errors import EdgeError
+
 Point = tuple[float, float]
 Polygon = Annotated[list[Point], msgspec.Meta(min_length=3)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -20,7 +22,7 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ALL_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class ConfigError(ValueError):
+class ConfigError(EdgeError, ValueError):
     """The configuration is invalid; the message names the file, the key and the problem."""
 
     def __init__(self, source: str, detail: str) -> None:

@@ -25,7 +25,7 @@ from edge.camera.events import CameraEvent
 from edge.camera.evidence import EvidenceStore, annotate
 from edge.camera.health import VideoLossDetector
 from edge.camera.source import FileSource, LiveSource, SourceError, SourceFrame, is_device, is_stream, mask_url
-from edge.open_events import OpenEvent
+from edge.runtime.outbox import OpenEvent
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import EdgeError
+
 log = logging.getLogger(__name__)
 _STREAM_RE = re.compile(r"^(rtsp|rtsps|rtmp|http|https|udp|tcp)://", re.IGNORECASE)
 
 
-class SourceError(Exception):
+class SourceError(EdgeError):
     """A source cannot be opened or read."""
 
     def __init__(self, source: str, detail: str) -> None:

@@ -1,7 +1,7 @@
 """Elevator monitoring at the edge: box driver -> fault detectors -> contract telemetry and events."""
 
+from edge.elevator.agent import ElevatorMonitor, MonitorOutput
 from edge.elevator.detectors import DetectorThresholds, EventChange
-from edge.elevator.monitor import ElevatorMonitor, MonitorOutput
 from edge.elevator.signals import ElevatorGeometry, ElevatorSignals
 
 __all__ = [

@@ -21,13 +21,12 @@ from pathlib import Path
 
 from broker.contracts import Kind
 from broker.credentials import add_mqtt_arguments
-from edge.elevator.agent import AGENT_NAME, ElevatorAgent
+from edge.elevator.agent import AGENT_NAME, ElevatorAgent, ElevatorMonitor
 from edge.elevator.detectors import DetectorThresholds
 from edge.elevator.driver import ElevatorBoxDriver
-from edge.elevator.monitor import ElevatorMonitor
 from edge.elevator.signals import ElevatorGeometry
-from edge.open_events import OPEN_EVENTS_FILE, OpenEventFile
 from edge.runtime import EdgeIdentity, EdgeLink, EdgeLinkError, IdentityError, read_password
+from edge.runtime.outbox import OPEN_EVENTS_FILE, OpenEventFile
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from edge.elevator.signals import ElevatorSignals
+from edge.errors import EdgeError
 
 
-class DriverError(Exception):
+class DriverError(EdgeError):
     """The box could not be read this time (timeout, bad frame); the agent counts it and carries on."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

@@ -3,8 +3,16 @@
 Pure cores: ``packet_to_telemetry`` (``mapping``), ``Hj212Session`` (``session``: one connection's
 state machine), the abuse guards (``guard``) and the downlink queue (``downlink``). This module
 is the thin adapter: ``Hj212Gateway`` (asyncio TCP server) publishing through any
-``publish(topic, payload)`` coroutine, normally ``broker.mqtt.MqttClient.publish``. The CLI
-(``vigil edge hj212``) is in ``edge.hj212.__main__``.
+``publish(topic, payload)`` coroutine (``edge.runtime.uplink``: ``MqttClient.publish`` or the
+store-and-forward sink). The connection caps, the rejection log, the dead-letter aggregation and
+the counters are the gateway runtime's (``edge.runtime``), as for every gateway.
+
+HJ 212 keeps its own accept loop (one coroutine per connection over asyncio streams) instead of
+``edge.runtime.server.GatewayServer``: a logger's 9014 reply must be written only after its data
+was handed to the sink (with ``--data-dir``: committed to the outbox), and a refused password is
+answered after a delay; both are awaits inside the connection's loop, which the queued server
+(replies at once, publications later) does not have. The CLI (``vigil edge hj212``) is
+``edge.hj212.cli``.
 """
 
 from __future__ import annotations
@@ -12,14 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Final
 
 from broker.contracts import (
     Channel,
@@ -28,15 +34,15 @@ from broker.contracts import (
     DeviceStatus,
     Kind,
     RejectReason,
-    dead_letter_topic,
     device_topic,
     encode,
     make_dead_letter,
     utcnow,
 )
+from edge.errors import EdgeError
 from edge.hj212.codec import Hj212Reject, Hj212Rejection
 from edge.hj212.downlink import AuditLog, AuditRecord, DownlinkTracker
-from edge.hj212.guard import AddressLimiter, AuthThrottle, DeadLetterAggregator, GuardPolicy
+from edge.hj212.guard import AuthThrottle, GuardPolicy, dead_letter_source, summary_rejection
 from edge.hj212.mapping import CHINA_TZ, TelemetryMapping, packet_to_telemetry, parse_local_time
 from edge.hj212.session import (
     DATA_COMMANDS,
@@ -46,11 +52,15 @@ from edge.hj212.session import (
     DevicePasswords,
     Hj212Counters,
     Hj212Session,
-    Publication,
     SessionOutput,
     SessionPolicy,
     StaticDevicePasswords,
 )
+from edge.runtime.connections import ConnectionCaps, ConnectionLimiter
+from edge.runtime.output import Publication
+from edge.runtime.rejections import DeadLetterAggregator, RejectionLog
+from edge.runtime.server import PublishSink
+from edge.runtime.uplink import dead_letter_sink
 
 __all__ = [
     "CHINA_TZ", "DATA_COMMANDS", "NOTIFY_COMMANDS", "OTHER_UPLOADS", "REPLY_COMMANDS", "STAGE", "DevicePasswords",
@@ -92,12 +102,8 @@ def dead_letter_for(rejection: Hj212Rejection, peer: str, now: datetime | None =
 
 # ---------------------------------------------------------------------------- TCP adapter
 
-class PublishFn(Protocol):
-    """Publishes one MQTT message (``MqttClient.publish`` fits); awaits only for backpressure."""
-
-    def __call__(self, topic: str, payload: bytes, *, retain: bool = False) -> Awaitable[None]:
-        """Publish ``payload`` on ``topic``."""
-
+PublishFn = PublishSink
+"""Publishes one MQTT message (``MqttClient.publish`` fits); awaits only for backpressure."""
 DeadLetterHook = Callable[[Hj212Rejection, str], Awaitable[None]]
 
 
@@ -113,27 +119,7 @@ class ServerLimits:
     """Publish retained ``status`` online/offline per MN as loggers come and go."""
 
 
-class _RejectionLog:
-    """Logs rejections without letting a flood of bad frames flood the log."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self._interval = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def note(self, rejection: Hj212Rejection, peer: str) -> None:
-        key = rejection.reason.value
-        now = time.monotonic()
-        if now - self._last.get(key, -math.inf) < self._interval:
-            self._suppressed[key] += 1
-            return
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        log.warning("hj212 %s rejected from %s (MN %s): %s%s", key, peer, rejection.mn or "-", rejection.detail,
-                    f" (+{more} more since last report)" if more else "")
-
-
-class _Closing(Exception):
+class _Closing(EdgeError):
     """The gateway closes this connection; ``args[0]`` says why (counted in ``closed``)."""
 
 
@@ -165,15 +151,19 @@ class Hj212Gateway:
         self.downlink = downlink
         self._audit = audit
         self.counters = Hj212Counters()
+        self.limiter = ConnectionLimiter(ConnectionCaps(self.limits.max_connections,
+                                                        self.guard.max_connections_per_address,
+                                                        self.guard.max_preauth_per_address))
         self._server: asyncio.Server | None = None
         self._owner: dict[str, _Connection] = {}
         self._live: set[_Connection] = set()
         self._connections: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
-        self._rejection_log = _RejectionLog()
+        # One full log line per reason per 10 s: a flood of bad frames must not flood the log.
+        self._rejection_log = RejectionLog("hj212", burst=1, window_s=10.0, logger=log)
         self._throttle = AuthThrottle(self.guard)
-        self._addresses = AddressLimiter(self.guard)
-        self._letters = DeadLetterAggregator(self.guard)
+        self._letters = DeadLetterAggregator(self.guard.dead_letters_per_interval, self.guard.dead_letter_interval_s,
+                                             self.guard.max_tracked)
         self._downlink_lock = asyncio.Lock()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -223,16 +213,20 @@ class Hj212Gateway:
         """Bytes of incomplete frames held over all connections (bounded per connection by one frame)."""
         return sum(conn.session.buffered for conn in self._live)
 
+    def stats(self) -> dict[str, int]:
+        """The counters flattened (``GatewayCounters.snapshot``) plus the server's gauges."""
+        snap = self.counters.snapshot()
+        snap["connections_preauth"] = self.limiter.preauth_total
+        snap["buffered_bytes"] = self.buffered_bytes()
+        return snap
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         address = str(peername[0]) if isinstance(peername, tuple) else str(peername)
         counters = self.counters
-        why = "max_connections" if counters.connections_open >= self.limits.max_connections else None
-        if why is None:
-            refused = self._addresses.admit(address)
-            why = None if refused is None else refused.replace(" ", "_")
+        why = self.limiter.admit(address)
         if why is not None:
             counters.connections_refused += 1
             counters.refused[why] += 1
@@ -259,7 +253,7 @@ class Hj212Gateway:
         finally:
             counters.connections_open -= 1
             self._live.discard(conn)
-            self._addresses.closed(address, conn.counted_authenticated)
+            self.limiter.closed(address, conn.counted_authenticated)
             if task is not None:
                 self._connections.discard(task)
             writer.close()
@@ -274,7 +268,7 @@ class Hj212Gateway:
         guard = self.guard
         timeout, why = self.limits.idle_timeout_s, "idle"
         if not conn.session.authenticated and conn.opened + guard.preauth_timeout_s - now < timeout:
-            timeout, why = conn.opened + guard.preauth_timeout_s - now, "preauth_timeout"
+            timeout, why = conn.opened + guard.preauth_timeout_s - now, "auth_timeout"
         if conn.partial_since is not None and conn.partial_since + guard.frame_timeout_s - now < timeout:
             timeout, why = conn.partial_since + guard.frame_timeout_s - now, "frame_timeout"
         return max(0.0, timeout), why
@@ -302,7 +296,7 @@ class Hj212Gateway:
                 conn.partial_since = now
             if session.authenticated and not conn.counted_authenticated:
                 conn.counted_authenticated = True
-                self._addresses.authenticated(conn.address)
+                self.limiter.authenticated(conn.address)
             await self._handle_rejections(out.rejections, conn)
             if len(session.devices) != len(before):
                 await self._came_online(conn, session.devices - before)
@@ -333,13 +327,15 @@ class Hj212Gateway:
     async def _handle_rejections(self, rejections: list[Hj212Rejection], conn: _Connection) -> None:
         authenticated = conn.session.authenticated
         # Refusals on a connection whose logger proved its PW are keyed by that MN, all others by address.
-        source = f"mn:{min(conn.session.devices)}" if authenticated and conn.session.devices else f"addr:{conn.address}"
+        source = dead_letter_source(min(conn.session.devices) if authenticated and conn.session.devices else None,
+                                    conn.address)
+        burst = self.guard.dead_letters_per_interval_device if authenticated else None
         now = time.monotonic()
         for rejection in rejections:
-            self._rejection_log.note(rejection, conn.peer)
+            self._rejection_log.note(rejection.reason.value, conn.peer, rejection.detail, device=rejection.mn)
             if self._dead_letter is None:
                 continue
-            if self._letters.admit(rejection, source, authenticated, now):
+            if self._letters.admit(source, rejection.reason.value, now, burst=burst):
                 await self._dead_letter(rejection, conn.peer)
             else:
                 self.counters.dead_letters_suppressed += 1
@@ -353,8 +349,8 @@ class Hj212Gateway:
     async def _send_summaries(self, force: bool = False) -> None:
         if self._dead_letter is None:
             return
-        for source, summary in self._letters.flush(time.monotonic(), force):
-            await self._dead_letter(summary, source.partition(":")[2])
+        for summary in self._letters.due(time.monotonic(), all_=force):
+            await self._dead_letter(summary_rejection(summary), summary.source.partition(":")[2])
 
     async def _came_online(self, conn: _Connection, mns: Iterable[str]) -> None:
         for mn in mns:
@@ -423,9 +419,9 @@ class Hj212Gateway:
 
 def dead_letter_publisher(publish: PublishFn) -> DeadLetterHook:
     """A dead-letter hook that publishes contract ``DeadLetter`` records on the stage's topic."""
-    topic = dead_letter_topic(STAGE)
+    sink = dead_letter_sink(publish, STAGE)
 
     async def hook(rejection: Hj212Rejection, peer: str) -> None:
-        await publish(topic, encode(dead_letter_for(rejection, peer)))
+        await sink(dead_letter_for(rejection, peer))
 
     return hook

@@ -1,18 +1,19 @@
 """Abuse guards of the HJ 212 gateway (pure, clock injected).
 
 ``AuthThrottle`` slows password guessing (exponential, bounded delay per MN and per source
-address); ``AddressLimiter`` caps connections per source address, tighter before a connection
-has authenticated; ``DeadLetterAggregator`` turns a flood of refused frames from one source into
-one summary per interval while the counters keep counting every refusal.
+address). The connection caps (``edge.runtime.connections``) and the dead-letter aggregation
+(``edge.runtime.rejections``) are the gateway runtime's; this module holds their HJ 212 settings
+(``GuardPolicy``) and how HJ 212 keys and words an aggregated dead letter.
 """
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
 from edge.hj212.codec import Hj212Reject, Hj212Rejection
+from edge.runtime.rejections import Summary
 
 AUTH_REASONS: Final = frozenset({Hj212Reject.UNKNOWN_DEVICE, Hj212Reject.BAD_PASSWORD})
 
@@ -82,89 +83,14 @@ class AuthThrottle:
         return self._failures.get(key, (0, 0.0))[0]
 
 
-@dataclass
-class AddressLimiter:
-    """Open and pre-authentication connections per source address."""
-
-    policy: GuardPolicy
-    open: Counter[str] = field(default_factory=Counter)
-    preauth: Counter[str] = field(default_factory=Counter)
-
-    def admit(self, address: str) -> str | None:
-        """Count a new connection in, or return why it is refused."""
-        if self.open[address] >= self.policy.max_connections_per_address:
-            return "connections per address"
-        if self.preauth[address] >= self.policy.max_preauth_per_address:
-            return "unauthenticated connections per address"
-        self.open[address] += 1
-        self.preauth[address] += 1
-        return None
-
-    def authenticated(self, address: str) -> None:
-        """The connection sent its first authenticated packet."""
-        self._drop(self.preauth, address)
-
-    def closed(self, address: str, authenticated: bool) -> None:
-        """The connection ended."""
-        self._drop(self.open, address)
-        if not authenticated:
-            self._drop(self.preauth, address)
-
-    @staticmethod
-    def _drop(counter: Counter[str], address: str) -> None:
-        counter[address] -= 1
-        if counter[address] <= 0:
-            del counter[address]
+def dead_letter_source(mn: str | None, address: str) -> str:
+    """The key refusals are aggregated under: the MN of an authenticated logger, else the source address."""
+    return f"mn:{mn}" if mn else f"addr:{address}"
 
 
-@dataclass
-class _Bucket:
-    started: float
-    published: int = 0
-    suppressed: int = 0
-
-
-class DeadLetterAggregator:
-    """Decides which refusals are dead-lettered in full and summarises the rest per interval.
-
-    Key = (source, reason) where source is ``mn:<MN>`` for an authenticated connection and
-    ``addr:<address>`` otherwise; the first ``dead_letters_per_interval`` refusals of a key in an
-    interval are published in full, the rest are counted and reported by ``flush``.
-    """
-
-    def __init__(self, policy: GuardPolicy) -> None:
-        self._policy = policy
-        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
-        self.suppressed_total = 0
-
-    def admit(self, rejection: Hj212Rejection, source: str, authenticated: bool, now: float) -> bool:
-        """True: publish this refusal in full; False: it is counted into the next summary."""
-        key = (source, rejection.reason.value)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(now)
-            if len(self._buckets) > self._policy.max_tracked:
-                # Forgetting a bucket loses only its summary line; the counters keep the count.
-                self._buckets.popitem(last=False)
-        budget = (self._policy.dead_letters_per_interval_device if authenticated
-                  else self._policy.dead_letters_per_interval)
-        if bucket.published < budget:
-            bucket.published += 1
-            return True
-        bucket.suppressed += 1
-        self.suppressed_total += 1
-        return False
-
-    def flush(self, now: float, force: bool = False) -> list[tuple[str, Hj212Rejection]]:
-        """Summaries (source, rejection) of intervals that ended; ``force`` ends them all."""
-        out: list[tuple[str, Hj212Rejection]] = []
-        interval = self._policy.dead_letter_interval_s
-        for key in [k for k, b in self._buckets.items() if force or now - b.started >= interval]:
-            bucket = self._buckets.pop(key)
-            if bucket.suppressed:
-                source, reason = key
-                detail = (f"{bucket.suppressed} more refused from {source} in {now - bucket.started:.0f} s "
-                          f"(aggregated, count={bucket.suppressed})")
-                mn = source[3:] if source.startswith("mn:") else None
-                out.append((source, Hj212Rejection(Hj212Reject(reason), detail, mn=mn)))
-        return out
+def summary_rejection(summary: Summary) -> Hj212Rejection:
+    """The dead letter that stands for the refusals of one source and reason held back in a window."""
+    detail = (f"{summary.suppressed} more refused from {summary.source} in {summary.seconds:.0f} s "
+              f"(aggregated, count={summary.suppressed})")
+    mn = summary.source[3:] if summary.source.startswith("mn:") else None
+    return Hj212Rejection(Hj212Reject(summary.reason), detail, mn=mn)

@@ -19,7 +19,6 @@ from edge.hj212.codec import (
     Hj212Reject,
     Hj212Rejection,
     QnRtn,
-    SplitPacketAssembler,
     data_reply,
     notify_reply,
     parse_packet,
@@ -27,6 +26,9 @@ from edge.hj212.codec import (
 )
 from edge.hj212.downlink import DownlinkTracker
 from edge.hj212.mapping import CHINA_TZ, packet_to_telemetry
+from edge.hj212.reassembly import SplitPacketAssembler
+from edge.runtime.counters import GatewayCounters
+from edge.runtime.output import Publication
 
 DATA_COMMANDS: Final = frozenset({"2011", "2021", "2031", "2041", "2051", "2061"})
 """Uploads published as telemetry: real-time, equipment status, daily, run time, minute, hourly."""
@@ -62,48 +64,18 @@ class StaticDevicePasswords:
         return self._sites.get(mn)
 
 
-@dataclass
-class Hj212Counters:
-    """Gateway-wide counters; ``snapshot()`` gives a flat dict for logs and metrics."""
+@dataclass(slots=True)
+class Hj212Counters(GatewayCounters):
+    """The runtime's gateway counters plus HJ 212's (packets, commands by CN, auth throttling, downlink)."""
 
-    bytes_in: int = 0
-    frames: int = 0
     packets: int = 0
-    published: int = 0
-    replies: int = 0
     fields_dropped: int = 0
-    connections_open: int = 0
-    connections_total: int = 0
-    connections_refused: int = 0
     auth_failures: int = 0
     auth_delayed: int = 0
     frames_ignored: int = 0
     """Frames still buffered when a connection was closed for abuse."""
-    dead_letters_suppressed: int = 0
     downlink_sent: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
     commands: Counter[str] = field(default_factory=Counter)
-    closed: Counter[str] = field(default_factory=Counter)
-    """Connections the gateway closed, by why (idle, preauth_timeout, auth_failures, ...)."""
-    refused: Counter[str] = field(default_factory=Counter)
-    """Connections refused at accept, by which limit."""
-
-    def snapshot(self) -> dict[str, int]:
-        """Every counter by name (``rejected.bad_crc``, ``commands.2011``, ...)."""
-        flat = {k: v for k, v in vars(self).items() if isinstance(v, int)}
-        flat["rejected"] = sum(self.rejected.values())
-        for name in ("rejected", "commands", "closed", "refused"):
-            counter: Counter[str] = getattr(self, name)
-            flat.update({f"{name}.{k}": v for k, v in sorted(counter.items())})
-        return flat
-
-
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """A message to publish on MQTT."""
-
-    topic: str
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from functools import reduce
 from operator import xor
 from typing import Final, Protocol
 
+from edge.errors import EdgeError
+
 FLAG: Final = 0x7E
 ESCAPE: Final = 0x7D
 MAX_BODY: Final = 0x3FF
@@ -82,7 +84,7 @@ class RejectionReason(enum.StrEnum):
     """The registration store could not be read or written."""
 
 
-class Jt808DecodeError(Exception):
+class Jt808DecodeError(EdgeError):
     """Bytes that are not a valid JT/T 808 frame or body.
 
     ``header`` is set when the header could be read, so the platform can still answer the

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from broker.contracts import (
     Channel,
@@ -46,7 +46,20 @@ from edge.jt808.commands import (
 from edge.jt808.messages import GeneralReply
 
 if TYPE_CHECKING:
-    from edge.jt808.session import Jt808Session, Publication, SessionOutput
+    from edge.jt808.codec import Jt808Header
+    from edge.runtime.output import Publication, SessionOutput
+
+
+class TerminalSession(Protocol):
+    """What a command needs of the terminal's session (``edge.jt808.session.Jt808Session``, which owns this
+    desk, so the desk types it here instead of importing the session back)."""
+
+    @property
+    def head(self) -> Jt808Header | None: ...
+
+    def send(self, out: SessionOutput, msg_id: int, body: bytes) -> int:
+        """Write a platform message to the terminal; returns its serial number."""
+        ...
 
 AUDIT_EVENT_TYPE: Final = "jt808.command"
 COMMANDS: Final = frozenset({"jt808.alarm_ack", "jt808.text", "jt808.query_params", "jt808.set_params"})
@@ -94,7 +107,7 @@ class CommandDesk:
     def audit(self, device_id: str, command: DeviceCommand, status: str, detail: str = "",
               **data: Any) -> Publication:
         """One audit event for a command step."""
-        from edge.jt808.session import Publication
+        from edge.runtime.output import Publication
 
         self._count(status)
         cid = command.command_id or "-"
@@ -166,7 +179,7 @@ class CommandDesk:
 
     def on_params(self, device_id: str, reply: ParamsReply, ts: datetime, out: SessionOutput) -> None:
         """A 0x0104: audit it against its query and publish the values as ``terminal.*`` telemetry."""
-        from edge.jt808.session import Publication
+        from edge.runtime.output import Publication
 
         mine = self.pending.get(device_id)
         p = mine.pop(reply.reply_serial, None) if mine else None
@@ -178,10 +191,10 @@ class CommandDesk:
             out.publications.append(Publication(device_topic(Kind.VEHICLE, device_id, Channel.TELEMETRY),
                                                  encode(Telemetry(ts=ts, metrics=numeric))))
 
-    def request(self, session: Jt808Session | None, device_id: str, command: DeviceCommand,
+    def request(self, session: TerminalSession | None, device_id: str, command: DeviceCommand,
                 now: float) -> SessionOutput:
         """Write ``command`` on the terminal's session (None: offline), or refuse it; audited either way."""
-        from edge.jt808.session import SessionOutput
+        from edge.runtime.output import SessionOutput
 
         out = SessionOutput()
         why = "terminal offline"

@@ -79,34 +79,3 @@ class ByteBudget:
     def give(self, n: int) -> None:
         """Release ``n`` bytes."""
         self.used = max(0, self.used - n)
-
-
-class Aggregator:
-    """Lets the first ``burst`` items per key through in each window and counts the rest.
-
-    Used for dead letters: a flood of refusals from one address becomes a handful of individual
-    dead letters plus one summary per window instead of one MQTT message per refused frame.
-    """
-
-    def __init__(self, burst: int = 5, window_s: float = 10.0, max_keys: int = 10_000) -> None:
-        self.burst, self.window_s, self.max_keys = burst, window_s, max_keys
-        self._windows: dict[tuple[str, str], list[float]] = {}
-        """key -> [window start, items seen in the window]."""
-
-    def admit(self, key: tuple[str, str], now: float) -> bool:
-        """Count one item; True when it should be passed on individually."""
-        if key not in self._windows and len(self._windows) >= self.max_keys:
-            key = ("*", key[1])  # too many sources at once: aggregate them together
-        w = self._windows.setdefault(key, [now, 0.0])
-        w[1] += 1
-        return w[1] <= self.burst
-
-    def due(self, now: float, *, all_: bool = False) -> list[tuple[tuple[str, str], int, float]]:
-        """Close the windows that ended (all with ``all_``): ``(key, suppressed, seconds)`` where any were held back."""
-        out: list[tuple[tuple[str, str], int, float]] = []
-        for key, (start, seen) in list(self._windows.items()):
-            if all_ or now - start >= self.window_s:
-                del self._windows[key]
-                if seen > self.burst:
-                    out.append((key, int(seen - self.burst), max(0.0, now - start)))
-        return out

@@ -10,17 +10,17 @@ TCP client from taking a vehicle's identity by re-registering its phone number.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import secrets
 import sqlite3
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Final, Protocol
+
+from edge.errors import EdgeError
 
 REGISTRATIONS_FILE: Final = "jt808-registrations.sqlite3"
 """File name of the store inside ``--data-dir``."""
@@ -77,7 +77,7 @@ class Registration:
         return hmac.compare_digest(hash_code(code), self.code_hash)
 
 
-class RegistrationStoreError(Exception):
+class RegistrationStoreError(EdgeError):
     """The registration store could not be read or written."""
 
 
@@ -238,50 +238,3 @@ def store_path(registrations: str | None, data_dir: str | None) -> Path | None:
     if data_dir:
         return Path(data_dir) / REGISTRATIONS_FILE
     return None
-
-
-# ---------------------------------------------------------------------------- admin commands
-
-ADMIN_COMMANDS: Final = ("reset-registration", "list-registrations")
-
-
-def admin_main(argv: Sequence[str]) -> int:
-    """``vigil edge jt808 reset-registration PHONE ...`` / ``list-registrations``; returns the exit status."""
-    p = argparse.ArgumentParser(prog="vigil edge jt808", description="manage JT/T 808 terminal registrations: "
-                                "reset-registration PHONE lets a terminal register again; list-registrations")
-    p.add_argument("command", choices=ADMIN_COMMANDS)
-    p.add_argument("phone", nargs="?", help="terminal phone number or device id (reset-registration)")
-    p.add_argument("--registrations", metavar="FILE", help="registration store file (as given to the gateway)")
-    p.add_argument("--data-dir", metavar="DIR", help=f"the gateway's --data-dir (store {REGISTRATIONS_FILE})")
-    args = p.parse_args(argv)
-    path = store_path(args.registrations, args.data_dir)
-    if path is None:
-        p.error("give --registrations FILE or --data-dir DIR")
-    if not path.is_file():
-        print(f"{path}: no registration store", file=sys.stderr)
-        return 2
-    try:
-        store = SqliteRegistrations(path)
-    except RegistrationStoreError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    try:
-        if args.command == "list-registrations":
-            for reg in store.all():
-                i = reg.identity
-                print(f"{reg.device_id}\t{i.plate_colour}/{i.plate}\t{i.manufacturer}/{i.model}/{i.terminal_id}\t"
-                      f"{reg.registered_at.isoformat()}\t{reg.peer}")
-            return 0
-        if not args.phone or not args.phone.isdigit():
-            p.error("reset-registration needs the terminal's phone number (digits)")
-        device_id = args.phone.lstrip("0")
-        if not store.remove(device_id):
-            print(f"{device_id}: not registered", file=sys.stderr)
-            return 1
-        print(f"{device_id}: registration reset; the terminal may register again (its old auth code no longer works)")
-        return 0
-    except RegistrationStoreError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    finally:
-        store.close()

@@ -74,8 +74,10 @@ from edge.jt808.registrations import (
     hash_code,
     new_auth_code,
 )
+from edge.runtime.counters import GatewayCounters
+from edge.runtime.output import Publication, Rejection, SessionOutput
 
-__all__ = ["ALARM_BITS", "STAGE", "AlarmKind", "AlarmTracker", "GatewayCounters", "Jt808Platform", "Jt808Session",
+__all__ = ["ALARM_BITS", "STAGE", "AlarmKind", "AlarmTracker", "Jt808Counters", "Jt808Platform", "Jt808Session",
            "Publication", "Rejection", "SessionOutput", "StaticTerminalRegistry", "TerminalIdentity",
            "TerminalRegistry", "alarm_kind", "dead_letter_of", "location_metrics"]
 
@@ -118,59 +120,25 @@ class StaticTerminalRegistry:
 
 
 @dataclass(slots=True)
-class GatewayCounters:
-    """Counters of one gateway process."""
+class Jt808Counters(GatewayCounters):
+    """The runtime's gateway counters plus JT/T 808's (message ids, registrations, sessions)."""
 
-    bytes_in: int = 0
-    frames: int = 0
     messages: Counter[int] = field(default_factory=Counter)
-    rejected: Counter[RejectionReason] = field(default_factory=Counter)
-    replies: int = 0
     telemetry: int = 0
     events: int = 0
     registered: int = 0
     authenticated: int = 0
     sessions_opened: int = 0
     sessions_closed: int = 0
-    sessions_idle_closed: int = 0
-    sessions_auth_timeout: int = 0
-    connections_refused: int = 0
-    publish_failures: int = 0
 
     def snapshot(self) -> dict[str, int]:
-        """Flat counters for logs and benchmarks."""
-        out = {k: getattr(self, k) for k in (
-            "bytes_in", "frames", "replies", "telemetry", "events", "registered", "authenticated",
-            "sessions_opened", "sessions_closed", "sessions_idle_closed", "sessions_auth_timeout",
-            "connections_refused", "publish_failures")}
+        """Flat counters (``GatewayCounters.snapshot``) plus ``sessions_open``."""
+        out = GatewayCounters.snapshot(self)  # not super(): slots=True makes a new class
         out["sessions_open"] = self.sessions_opened - self.sessions_closed
-        out.update({f"msg_0x{k:04x}": v for k, v in sorted(self.messages.items())})
-        out.update({f"rejected_{k.value}": v for k, v in sorted(self.rejected.items())})
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Publication:
-    """One MQTT message to publish."""
-
-    topic: str
-    payload: bytes
-    retain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """Something refused, with why and the bytes concerned."""
-
-    reason: RejectionReason
-    detail: str
-    peer: str
-    device_id: str | None
-    msg_id: int | None
-    raw: bytes
-
-
-_CONTRACT_REASON: Final = {
+_CONTRACT_REASON: Final[dict[str, RejectReason]] = {
     RejectionReason.FRAME_TOO_LONG: RejectReason.TOO_LARGE,
     RejectionReason.NOT_AUTHENTICATED: RejectReason.UNKNOWN_DEVICE,
     RejectionReason.UNKNOWN_TERMINAL: RejectReason.UNKNOWN_DEVICE,
@@ -191,17 +159,7 @@ def dead_letter_of(rejection: Rejection, now: datetime) -> DeadLetter:
     if rejection.msg_id is not None:
         where += f"/0x{rejection.msg_id:04x}"
     return make_dead_letter(STAGE, where, rejection.raw, _CONTRACT_REASON.get(rejection.reason, RejectReason.SCHEMA),
-                            f"{rejection.reason.value}: {rejection.detail} (peer {rejection.peer})", now)
-
-
-@dataclass(slots=True)
-class SessionOutput:
-    """What one call into a session produced."""
-
-    replies: list[bytes] = field(default_factory=list)
-    publications: list[Publication] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-    close: bool = False
+                            f"{rejection.reason}: {rejection.detail} (peer {rejection.peer})", now)
 
 
 class Jt808Platform:
@@ -225,7 +183,7 @@ class Jt808Platform:
         self.phone_attempts = RateLimiter(limits.per_phone_burst, limits.per_phone_per_s, limits.max_keys)
         self.alarms = AlarmTracker(alarm_store)
         """Alarm bits per terminal; with ``alarm_store`` open alarms outlive a restart (ended or continued)."""
-        self.counters = GatewayCounters()
+        self.counters = Jt808Counters()
         self.commands = CommandDesk(wall_clock)
         """Platform commands in flight (0x8203, 0x8300, 0x8103, 0x8104), audited."""
 

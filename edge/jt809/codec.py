@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from edge.errors import EdgeError
 from edge.jt808.codec import RejectionReason, StreamNoise
 
 __all__ = ["HEADER_LENGTH", "Jt809DecodeError", "Jt809Frame", "Jt809Header", "Jt809Keys", "Jt809StreamSplitter",
@@ -44,7 +45,7 @@ _HEAD = struct.Struct(">IIHI3sBI")
 
 
 
-class Jt809DecodeError(Exception):
+class Jt809DecodeError(EdgeError):
     """Bytes that are not a valid JT/T 809 frame or body.
 
     ``header`` is set when the header could be read.

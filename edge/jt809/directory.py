@@ -35,6 +35,7 @@ import msgspec
 import yaml
 
 from broker.contracts import Kind
+from edge.errors import EdgeError
 from edge.jt809.codec import Jt809Keys
 
 log = logging.getLogger("edge.jt809.gateway")
@@ -70,7 +71,7 @@ class PlatformsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     platforms: list[PlatformSpec] = []
 
 
-class DirectoryError(ValueError):
+class DirectoryError(EdgeError, ValueError):
     """The platforms file is invalid; the message names the file and the key."""
 
 

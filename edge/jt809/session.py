@@ -2,8 +2,8 @@
 
 ``Jt809Platform`` holds what all connections share (lower platforms, registry vehicles,
 throttles, alarm state, counters); ``Jt809Session`` is one TCP connection: bytes in, replies /
-publications / rejections out (the JT/T 808 gateway's ``SessionOutput``, so the same asyncio
-server, caps, backpressure and aggregated dead letters run it). No sockets, no clocks of its
+publications / rejections out (the gateway runtime's ``SessionOutput``, so the runtime's asyncio
+server, caps, backpressure and aggregated dead letters run it, as they run JT/T 808's). No sockets, no clocks of its
 own: the adapter passes ``now``.
 """
 
@@ -31,9 +31,9 @@ from broker.contracts import (
     utcnow,
 )
 from edge.jt808.alarms import AlarmTracker, location_metrics
-from edge.jt808.limits import ByteBudget, RateLimiter
+from edge.jt808.limits import RateLimiter
 from edge.jt808.messages import LocationReport
-from edge.jt808.session import GatewayCounters, Publication, Rejection, SessionOutput
+from edge.jt808.session import Jt808Counters
 from edge.jt808.session import dead_letter_of as _dead_letter_808
 from edge.jt809.codec import (
     DEFAULT_MAX_FRAME,
@@ -63,6 +63,7 @@ from edge.jt809.messages import (
     parse_result_byte,
     parse_warn,
 )
+from edge.runtime.output import Publication, Rejection, SessionOutput
 
 STAGE: Final = "edge.jt809"
 """Stage name in dead letters (``vigil/v1/deadletter/edge.jt809``)."""
@@ -144,21 +145,6 @@ def relabel(letter: DeadLetter) -> DeadLetter:
     return msgspec.structs.replace(letter, stage=STAGE, topic="jt809/" + letter.topic.partition("/")[2])
 
 
-class NoCommandDesk:
-    """The shared server's platform-command desk, empty: this gateway sends no JT/T 809 down requests yet."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-
-    def expire(self, now: float) -> list[Publication]:
-        """Commands timed out: none."""
-        return []
-
-    def repeated(self, command: object) -> bool:
-        """Whether a command is a redelivery: never (none are taken)."""
-        return False
-
-
 class Jt809Platform:
     """What all sessions of one gateway share: directories, throttles, alarm state, counters."""
 
@@ -168,10 +154,8 @@ class Jt809Platform:
         self.vehicles = vehicles
         self.limits = limits = limits or Jt809Limits()
         self.wall_clock = wall_clock
-        self.counters = GatewayCounters()
+        self.counters = Jt808Counters()
         self.alarms = AlarmTracker()
-        self.reassembly_budget = ByteBudget(0)
-        """JT/T 809 has no split messages; kept so the shared TCP server reports the same counters."""
         self.address_attempts = RateLimiter(limits.per_address_burst, limits.per_address_per_s, limits.max_keys)
         self.platform_attempts = RateLimiter(limits.per_platform_burst, limits.per_platform_per_s, limits.max_keys)
         self.owners: dict[int, Jt809Session] = {}
@@ -181,11 +165,6 @@ class Jt809Platform:
         self.on_logout: Callable[[int], None] | None = None
         """Called with the access code when a lower platform logs out (the gateway closes its sub link)."""
         self.sublinks_refused = 0
-        self.commands = NoCommandDesk()
-
-    def command(self, device_id: str, command: object, now: float) -> tuple[None, SessionOutput]:
-        """Platform commands (0x9xxx down requests) are not sent by this gateway: nothing happens."""
-        return None, SessionOutput()
 
     def new_session(self, peer: str) -> Jt809Session:
         """A session for a new main-link connection (``peer`` is ``host:port``)."""

@@ -16,10 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from edge.jt808.session import SessionOutput
 from edge.jt809.codec import encode_frame
 from edge.jt809.messages import DownConnectResult, MsgId, build_verify_code
 from edge.jt809.session import Jt809Platform, SubLinkRequest
+from edge.runtime.output import SessionOutput
 
 log = logging.getLogger(__name__)
 

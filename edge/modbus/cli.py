@@ -14,6 +14,7 @@ from broker.credentials import add_mqtt_arguments
 from edge.modbus.gateway import AGENT_NAME, ModbusGateway
 from edge.modbus.tagmap import TagMap, TagMapError, plan_blocks
 from edge.runtime import EdgeIdentity, EdgeLinkError, IdentityError, read_password
+from edge.runtime.cli import setup_logging
 from edge.runtime.sink import link_publisher
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ async def run_gateway(args: argparse.Namespace, tagmap: TagMap) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``vigil edge modbus --tags FILE --mqtt URL``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.log_level)
     if args.log_level.upper() != "DEBUG":
         # pymodbus logs every timeout and refused connect; the poller logs each device's failures and
         # recoveries once and counts the rest (status heartbeat), so its lines would only repeat them.

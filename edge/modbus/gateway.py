@@ -81,6 +81,8 @@ class ModbusGateway:
         self._specs = {d.name: d for d in tagmap.devices}
         self.assets = {a: _AssetState(kind, site) for a, (kind, site) in tagmap.assets().items()}
         self.counters: Counter[str] = Counter()
+        """Named as every gateway's (``edge.runtime.counters``): ``published``, ``publish_failures``, plus
+        ``telemetry``, ``events``, ``status_changes``, ``missed_polls``, ... (a poller has no connections to count)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     async def run(self) -> None:
@@ -108,7 +110,7 @@ class ModbusGateway:
             except asyncio.CancelledError:
                 raise
             except Exception:  # publishing failed (disk full): count, keep polling
-                self.counters["publish_errors"] += 1
+                self.counters["publish_failures"] += 1
                 log.exception("modbus %s: poll cycle failed", poller.spec.name)
             next_at += interval
             now = time.monotonic()
@@ -128,7 +130,7 @@ class ModbusGateway:
         """Turn one poll into telemetry, status changes and limit events per asset.
 
         Pure apart from the sink: no I/O of its own, so the scenario runner drives it with
-        ``DevicePoller.complete`` results on a scripted clock (rules/scenario/modbus_adapter.py).
+        ``DevicePoller.complete`` results on a scripted clock (scenario/modbus_adapter.py).
         """
         spec = self._specs[result.device]
         poller = self.pollers[result.device]
@@ -158,6 +160,7 @@ class ModbusGateway:
                 await self.sink(device_topic(st.kind, asset, Channel.TELEMETRY),
                                 encode(Telemetry(ts=ts, metrics=metrics, site=st.site, seq=st.seq, quality=quality)))
                 self.counters["telemetry"] += 1
+                self.counters["published"] += 1
                 self.counters["tags_published"] += len(readings)
             await self._limits(asset, st, readings, result.ts)
             online: bool | None
@@ -174,6 +177,7 @@ class ModbusGateway:
                                 encode(DeviceStatus(ts=ts, online=online, reason=reason, agent=AGENT_NAME,
                                                     detail=detail)), retain=True)
                 self.counters["status_changes"] += 1
+                self.counters["published"] += 1
                 st.online = online
 
     async def _limits(self, asset: str, st: _AssetState, readings: list[Any], ts: float) -> None:
@@ -202,6 +206,7 @@ class ModbusGateway:
     async def _event(self, st: _AssetState, asset: str, event: DeviceEvent) -> None:
         await self.sink(device_topic(st.kind, asset, Channel.EVENT), encode(event))
         self.counters["events"] += 1
+        self.counters["published"] += 1
 
     def status_detail(self) -> dict[str, Any]:
         """Figures for the gateway's heartbeat."""

@@ -33,6 +33,7 @@ import msgspec
 import yaml
 
 from broker.contracts import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from edge.errors import EdgeError
 
 RegisterType = Literal["holding", "input", "coil", "discrete"]
 DataType = Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "float64", "bool"]
@@ -123,7 +124,7 @@ class TagMapFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     devices: list[DeviceSpec] = []
 
 
-class TagMapError(ValueError):
+class TagMapError(EdgeError, ValueError):
     """The tag map is invalid; the message names the file and the offending key."""
 
 

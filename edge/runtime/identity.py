@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.contracts import DEVICE_ID_PATTERN, TOPIC_ROOT, Channel, Kind, device_topic
+from edge.errors import EdgeError
 
 _ID_RE = re.compile(DEVICE_ID_PATTERN)
 
 
-class IdentityError(ValueError):
+class IdentityError(EdgeError, ValueError):
     """An identity or credential setting is invalid (the message never contains a secret)."""
 
 

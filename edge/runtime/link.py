@@ -39,6 +39,7 @@ from broker.contracts import (
     utcnow,
 )
 from broker.mqtt import NO_MATCHING_SUBSCRIBERS, Handler, MqttClient, MqttError, Will
+from edge.errors import EdgeError
 from edge.runtime.identity import EdgeIdentity
 from edge.runtime.outbox import DurableOutbox, OutboxError
 
@@ -49,7 +50,7 @@ _HOLD_RETRY_S = 1.0
 StatusDetail = Callable[[], dict[str, Any]]
 
 
-class EdgeLinkError(Exception):
+class EdgeLinkError(EdgeError):
     """The link cannot be used (outbox locked by another process, unusable data folder)."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker.contracts import DeviceEvent, DeviceStatus
+from rules.errors import RulesError
 from rules.expr import Expression, ExpressionError, compile_expression
 from rules.yamlsrc import LineDict, line_of
 
@@ -32,7 +33,7 @@ CLEAR: Final = -1
 Signal = int | None
 
 
-class RuleError(ValueError):
+class RuleError(RulesError, ValueError):
     """A rule is invalid: carries the line and the problem."""
 
     def __init__(self, line: int, message: str) -> None:

@@ -188,6 +188,8 @@ class AllCondition(Condition):
 
     def __init__(self, parts: list[Condition], line: int) -> None:
         self.parts = parts
+        self._evals = tuple(p.evaluate for p in parts)
+        """The parts' evaluate methods, bound once (evaluated for every message of every device)."""
         self.line = line
         _inherit_triggers(self, parts)
 
@@ -199,8 +201,8 @@ class AllCondition(Condition):
         """Min of the parts' signals (unknown if any part is unknown and none is clear)."""
         result: Signal = FIRE
         unknown = False
-        for part in self.parts:
-            s = part.evaluate(ctx, slots)
+        for evaluate in self._evals:
+            s = evaluate(ctx, slots)
             if s is None:
                 unknown = True
             elif s < result:  # type: ignore[operator]
@@ -217,6 +219,8 @@ class AnyCondition(Condition):
 
     def __init__(self, parts: list[Condition], line: int) -> None:
         self.parts = parts
+        self._evals = tuple(p.evaluate for p in parts)
+        """The parts' evaluate methods, bound once (evaluated for every message of every device)."""
         self.line = line
         _inherit_triggers(self, parts)
 
@@ -231,8 +235,8 @@ class AnyCondition(Condition):
         raised by another part from resolving.
         """
         result: Signal = None
-        for part in self.parts:
-            s = part.evaluate(ctx, slots)
+        for evaluate in self._evals:
+            s = evaluate(ctx, slots)
             if s is not None and (result is None or s > result):
                 result = s
         return result

@@ -35,6 +35,7 @@ from rules.conditions.base import (
     require_mapping,
 )
 from rules.conditions.geo import EARTH_RADIUS_M
+from rules.errors import RulesError
 from rules.expr import Expression
 
 ROAD_CLASSES: Final = ("expressway", "national", "provincial", "urban", "other")
@@ -45,7 +46,7 @@ _CELL_DEG: Final = 0.01
 _M_PER_DEG: Final = math.pi * EARTH_RADIUS_M / 180.0
 
 
-class RoadLayerError(ValueError):
+class RoadLayerError(RulesError, ValueError):
     """A road layer file or mapping is not valid."""
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from console.config import DEMO_LAYERS
-from console.testing import ConsoleStack, token_of, wait_until
+from tests.support.console_stack import ConsoleStack, token_of, wait_until
 
 pw = pytest.importorskip("playwright.async_api")
 

@@ -26,7 +26,7 @@ from alerting.desk import Actor, DeskError
 from alerting.muting import MaintenanceCalendar, MaintenanceEntry
 from alerting.service import AlertingService
 from broker.mqtt import MqttClient
-from console.testing import ConsoleStack, pretty, token_of, wait_until
+from tests.support.console_stack import ConsoleStack, pretty, token_of, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"

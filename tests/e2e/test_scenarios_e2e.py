@@ -28,9 +28,9 @@ from broker.contracts import ALERTS_FILTER, Alert, AlertStatus, decode_alert
 from broker.mosquitto import MosquittoProcess, free_port, wait_for_port
 from broker.mqtt import Message, MqttClient
 from broker.registry import DeviceRegistry
-from rules.scenario import format_result, run_scenario
-from rules.scenario.gateways import hj212_frames, hj212_password, jt808_register_request, jt808_reports
-from rules.scenario.spec import Scenario, load_scenario
+from scenario.gateways import hj212_frames, hj212_password, jt808_register_request, jt808_reports
+from scenario.runner import format_result, run_scenario
+from scenario.spec import Scenario, load_scenario
 
 VIGIL = [sys.executable, "-m", "vigil.cli"]
 SCENARIOS = Path(__file__).parent / "scenarios"

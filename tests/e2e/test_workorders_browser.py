@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from alerting.desk import Actor
-from console.testing import ConsoleStack, token_of, wait_until
 from tests.integration.workorder_rig import CUIYUAN_3, STACK_STAFF, XIXI_TOWER, stack_options
+from tests.support.console_stack import ConsoleStack, token_of, wait_until
 
 pw = pytest.importorskip("playwright.async_api")
 

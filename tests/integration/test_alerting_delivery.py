@@ -16,9 +16,9 @@ from aiosmtpd.controller import Controller
 from alerting.config import AlertingConfig, ApiConfig, Person, Receiver, Retry, Route
 from alerting.evidence import EvidenceConfig
 from alerting.inbox import NotificationInbox
-from alerting.masking import mask_url
 from alerting.sender import AppriseSender, Message
 from alerting.service import AlertingService
+from alerting.templates import mask_url
 from broker.contracts import Kind, Severity, Transition, encode, utcnow
 from broker.mosquitto import MosquittoProcess, free_port
 from broker.mqtt import Message as MqttMessage

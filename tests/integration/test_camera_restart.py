@@ -18,7 +18,7 @@ from typing import Any
 
 from broker.contracts import DeviceEvent, decode_device_message, device_filter
 from broker.mqtt import Message, MqttClient
-from edge.open_events import OPEN_EVENTS_FILE
+from edge.runtime.outbox import OPEN_EVENTS_FILE
 from simulators.camera_scenes import Scene, render_file
 
 REPO = Path(__file__).resolve().parents[2]

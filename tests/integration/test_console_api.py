@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from console.geo import wgs84_to_gcj02
-from console.testing import ConsoleStack, pretty, token_of, wait_until
+from tests.support.console_stack import ConsoleStack, pretty, token_of, wait_until
 
 
 @pytest.fixture

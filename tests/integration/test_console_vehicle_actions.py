@@ -13,7 +13,7 @@ import pytest
 from alerting.desk import AlertDesk
 from broker.contracts import DeviceCommand, decode_command
 from broker.mqtt import Message, MqttClient
-from console.testing import ConsoleStack, wait_until
+from tests.support.console_stack import ConsoleStack, wait_until
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def test_views_with_code_built_registry(tmp_path: Path) -> None:
     # The critical alert sounds until it is silenced; silenced, it stays on the board without the banner.
     q = BoardQuery.parse({})
     assert [a["id"] for a in svc.board(q, False)["critical"]] == [aid]
-    svc.desk.create_silence(Actor("lead", "supervisor"), ["device_id=e1"], now + 600)
+    alerting.desk.create_silence(Actor("lead", "supervisor"), ["device_id=e1"], now + 600)
     out = svc.board(q, False)
     assert out["critical"] == [] and out["alerts"][0]["muted"]["kind"] == "silence"
 

@@ -24,11 +24,11 @@ from broker.mosquitto import MosquittoProcess
 from broker.mqtt import Message, MqttClient
 from edge.camera.config import EvidenceSettings, camera_from_dict
 from edge.camera_agent import CameraAgent
-from edge.hj212.__main__ import Hj212GatewayConfig, serve
+from edge.hj212.cli import Hj212GatewayConfig, serve
 from edge.hj212.codec import Hj212Frame, Hj212FrameReader, parse_packet
 from edge.hj212.gateway import packet_to_telemetry
-from edge.jt808.gateway import build_parser
-from edge.jt808.gateway import serve as serve_jt808
+from edge.jt808.cli import build_parser
+from edge.jt808.cli import serve as serve_jt808
 from simulators.camera_scenes import SCENARIO_DIR, Scene, render_file
 from simulators.hj212_logger import LoggerModel, load_scenario, run_fleet
 from simulators.jt808_terminal import drive, plan, run_scenario

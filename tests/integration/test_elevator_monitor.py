@@ -14,17 +14,16 @@ import pytest
 from broker.contracts import DeviceEvent, DeviceStatus, Telemetry, decode_device_message
 from broker.mosquitto import MosquittoProcess
 from broker.mqtt import Message, MqttClient
-from edge.elevator.agent import AGENT_NAME, ElevatorAgent
+from edge.elevator.agent import AGENT_NAME, ElevatorAgent, ElevatorMonitor
 from edge.elevator.cli import build_parser, open_agent, run_agent, run_agents
 from edge.elevator.modbus import ModbusTcpBoxDriver
-from edge.elevator.monitor import ElevatorMonitor
 from edge.elevator.signals import ElevatorGeometry
 from edge.runtime import EdgeIdentity, EdgeLink
-from simulators.elevator import ElevatorScenario, ElevatorSimulation, ElevatorSpec, FaultSpec, FaultType, run_fleet
+from simulators.elevator import ElevatorScenario, ElevatorSimulation, ElevatorSpec, FaultSpec, FaultType
 from simulators.elevator_box import SimulatedBoxDriver, run_box
 from simulators.elevator_box import build_parser as box_parser
 from simulators.elevator_box import main as box_main
-from simulators.elevator_fleet import SimulatedBoxFleet
+from simulators.elevator_fleet import SimulatedBoxFleet, run_fleet
 
 
 class DeviceCollector:

@@ -19,7 +19,7 @@ import pytest
 
 from broker.contracts import DeviceEvent, Telemetry, decode_device_message
 from broker.mqtt import Message, MqttClient
-from edge.hj212.__main__ import Hj212GatewayConfig, serve
+from edge.hj212.cli import Hj212GatewayConfig, serve
 from edge.hj212.codec import (
     ExeRtn,
     Hj212Frame,

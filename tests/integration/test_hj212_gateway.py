@@ -18,7 +18,7 @@ from broker.contracts import (
     decode_device_message,
 )
 from broker.mqtt import Message, MqttClient
-from edge.hj212.__main__ import Hj212GatewayConfig, serve
+from edge.hj212.cli import Hj212GatewayConfig, serve
 from edge.hj212.codec import Hj212Frame, Hj212FrameReader, encode_frame, parse_packet
 from edge.hj212.gateway import (
     Hj212Gateway,

@@ -14,9 +14,9 @@ from broker.contracts import DeviceCommand, DeviceEvent, Telemetry, decode_devic
 from broker.mosquitto import running_mosquitto
 from broker.mqtt import Message, MqttClient
 from broker.registry import DeviceRegistry
-from edge.jt808 import command_cli
+from edge.jt808.cli import build_parser, send_command_parser, serve
+from edge.jt808.cli import send as send_command
 from edge.jt808.codec import FrameSplitter, Jt808Frame, ProtocolVersion, decode_frame, encode_frame
-from edge.jt808.command_cli import send as send_command
 from edge.jt808.commands import (
     CommandId,
     DriverIdentity,
@@ -25,7 +25,6 @@ from edge.jt808.commands import (
     parse_alarm_confirm,
     parse_text,
 )
-from edge.jt808.gateway import build_parser, serve
 from edge.jt808.messages import (
     AuthRequest,
     LocationReport,
@@ -175,7 +174,7 @@ async def test_commands_reach_the_terminal_and_its_replies_are_audited(tmp_path:
             await _until(lambda: any("terminal.max_speed_kmh" in t.metrics for t in seen.telemetry()))
             assert not [f for f in term.frames if f.header.msg_id == CommandId.TEXT]
             # The operator's command line tool: publishes as the platform and waits for the terminal's answer.
-            cli = asyncio.create_task(send_command(command_cli.build_parser().parse_args([
+            cli = asyncio.create_task(send_command(send_command_parser().parse_args([
                 VEHICLE, "jt808.set_params", "--params", '{"values": {"max_speed_kmh": 80}}', "--wait", "10",
                 "--mqtt", broker.account_url("vigil-platform", "platform-pw")])))
             setting = await term.receive(CommandId.SET_PARAMS)

@@ -22,8 +22,9 @@ from broker.contracts import (
 )
 from broker.mosquitto import MosquittoProcess
 from broker.mqtt import Message, MqttClient
+from edge.jt808.cli import build_parser, serve
 from edge.jt808.codec import FrameSplitter, decode_frame, encode_frame
-from edge.jt808.gateway import GatewayLimits, Jt808Gateway, build_parser, serve
+from edge.jt808.gateway import GatewayLimits, Jt808Gateway
 from edge.jt808.messages import MsgId, RegisterResult, build_location, parse_general_reply, parse_register_reply
 from edge.jt808.session import STAGE, Jt808Platform, StaticTerminalRegistry
 from simulators.jt808_terminal import AREA, EMERGENCY, OVERSPEED, drive, load_scenario, plan, run_scenario
@@ -139,8 +140,8 @@ async def test_hazmat_scenario_reaches_mqtt_exactly_as_driven(hazmat_rig: Rig) -
             any(e.type == "overspeed" for e in rig.inbox.events.get(device_id, []))
         assert bool(any(t.report.alarm_flags & AREA for t in live)) == \
             any(e.type == "area_entry_exit" for e in rig.inbox.events.get(device_id, []))
-    counters = rig.gateway.counters
-    assert counters["connections"] == 0 and counters["publish_failures"] == 0
+    counters = rig.gateway.stats()
+    assert counters["connections_open"] == 0 and counters["publish_failures"] == 0
     assert not rig.inbox.dead
     # Presence: online at each authentication, offline when the connection closed.
     def all_offline() -> bool:
@@ -206,8 +207,8 @@ async def test_unknown_terminals_and_bad_frames_are_answered_counted_and_dead_le
     # Bytes between two frames are a candidate frame of their own: "noise before" is too short.
     assert reasons == ["bad_checksum", "not_authenticated", "too_short", "unknown_terminal"]
     assert not rig.inbox.telemetry
-    counters = rig.gateway.counters
-    assert counters["rejected_bad_checksum"] == 1 and counters["rejected_unknown_terminal"] == 1
+    counters = rig.gateway.stats()
+    assert counters["rejected.bad_checksum"] == 1 and counters["rejected.unknown_terminal"] == 1
 
     # The server still serves the next terminal.
     again = await connect(rig)
@@ -221,10 +222,10 @@ async def test_silent_connections_are_closed(mosquitto: MosquittoProcess) -> Non
     limits = GatewayLimits(idle_timeout_s=0.3, sweep_interval_s=0.1)
     async with start_rig(mosquitto, set(), limits) as rig:
         term = await connect(rig)
-        await until(lambda: rig.gateway.counters["connections"] == 1, 2.0)
+        await until(lambda: rig.gateway.stats()["connections_open"] == 1, 2.0)
         async with asyncio.timeout(3.0):
             assert await term.reader.read() == b""  # the gateway hung up
-        assert rig.gateway.counters["sessions_idle_closed"] == 1
+        assert rig.gateway.stats()["closed.idle"] == 1
 
 
 async def test_a_slow_broker_pauses_terminals_instead_of_queueing_without_bound() -> None:
@@ -256,12 +257,12 @@ async def test_a_slow_broker_pauses_terminals_instead_of_queueing_without_bound(
         writer.write(stream)
         await asyncio.sleep(1.0)
         # Reading stopped near the limit: one 4 KiB read holds at most ~80 frames more.
-        assert 200 <= gateway.counters["queued"] <= 200 + 80
+        assert 200 <= gateway.stats()["queued"] <= 200 + 80
         assert gateway.paused
         release.set()
         await until(lambda: sum(t.endswith("/telemetry") for t in published) == 300, 10)
-        assert not gateway.paused and gateway.counters["telemetry"] == 300
-        assert len(published) == 300 + gateway.counters["events"] + 1  # + the retained online status
+        assert not gateway.paused and gateway.stats()["telemetry"] == 300
+        assert len(published) == 300 + gateway.stats()["events"] + 1  # + the retained online status
         replies = 0
         async with asyncio.timeout(5):
             while replies < 301:

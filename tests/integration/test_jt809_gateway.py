@@ -26,10 +26,10 @@ from broker.contracts import (
 )
 from broker.mosquitto import MosquittoProcess
 from broker.mqtt import Message, MqttClient
-from edge.jt808.gateway import GatewayLimits
+from edge.jt809.cli import build_parser, serve
 from edge.jt809.codec import Jt809Keys, Jt809StreamSplitter, decode_frame, encode_frame
 from edge.jt809.directory import LowerPlatform, StaticPlatforms, StaticVehicles
-from edge.jt809.gateway import Jt809Gateway, build_parser, serve
+from edge.jt809.gateway import Jt809Gateway
 from edge.jt809.messages import (
     CHINA,
     DataType,
@@ -44,6 +44,7 @@ from edge.jt809.messages import (
     parse_verify_code,
 )
 from edge.jt809.session import STAGE, Jt809Platform
+from edge.runtime.server import GatewayLimits
 from simulators.jt809_platform import LoginRefused, LowerPlatformSim, drive, run
 
 SPEC = LowerPlatformSim(vehicles=4, unknown_vehicles=1, duration_s=1500, interval_s=30, seed=7,
@@ -191,7 +192,7 @@ async def test_wrong_password_is_refused(mosquitto: MosquittoProcess) -> None:
             await run(replace(SPEC, password="guess"), *address(gw))
         assert err.value.result == LoginResult.BAD_PASSWORD
         await until(lambda: any("auth_failed" in d.detail for d in inbox.dead))
-        assert not inbox.telemetry and gw.counters["authenticated"] == 0
+        assert not inbox.telemetry and gw.stats()["authenticated"] == 0
         assert "guess" not in repr(inbox.dead)
 
 
@@ -217,7 +218,7 @@ async def test_slowloris_and_huge_length_are_cut(mosquitto: MosquittoProcess) ->
                             closed = True
                             break
         writer.close()
-        assert closed and gw.counters["sessions_auth_timeout"] == 1
+        assert closed and gw.stats()["closed.auth_timeout"] == 1
 
         # Huge MSG_LENGTH and a tail that never comes: nothing beyond the frame bound is held.
         reader, writer = await asyncio.open_connection(host, port)
@@ -226,13 +227,13 @@ async def test_slowloris_and_huge_length_are_cut(mosquitto: MosquittoProcess) ->
             writer.write(bytes(8192))
         with contextlib.suppress(ConnectionError):
             await writer.drain()
-        await until(lambda: gw.counters.get("rejected_frame_too_long", 0) >= 1)
-        assert gw.counters["buffered_bytes"] <= 32 * 1024 + 16 * 1024
+        await until(lambda: gw.stats().get("rejected.frame_too_long", 0) >= 1)
+        assert gw.stats()["buffered_bytes"] <= 32 * 1024 + 16 * 1024
         writer.close()
 
         # Unauthenticated connections per address are capped.
         conns = [await asyncio.open_connection(host, port) for _ in range(3)]
-        await until(lambda: gw.counters["connections_refused"] >= 1)
+        await until(lambda: gw.stats()["connections_refused"] >= 1)
         for _, w in conns:
             w.close()
 

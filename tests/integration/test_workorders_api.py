@@ -23,7 +23,6 @@ from alerting.service import AlertingService
 from broker.contracts import AlertStatus, encode
 from broker.mqtt import Message as MqttMessage
 from broker.mqtt import MqttClient
-from console.testing import ConsoleStack, wait_until
 from tests.integration.workorder_rig import (
     CUIYUAN_3,
     STACK_STAFF,
@@ -35,6 +34,7 @@ from tests.integration.workorder_rig import (
     staff_id,
     write_grids,
 )
+from tests.support.console_stack import ConsoleStack, wait_until
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200

@@ -61,7 +61,7 @@ def case(device: str, i: int, at: float, severity: Severity = Severity.CRITICAL,
                       source_ts=ts, started_at=ts)
 
 
-# ---------------------------------------------------------------------- the console stack (console.testing)
+# ---------------------------------------------------------------------- the console stack (tests/support/console_stack.py)
 
 STACK_GRIDS = {"g-cuiyuan": ((120.110, 30.285, 120.125, 30.295), ["gs-zhou"]),
                "g-xixi": ((120.080, 30.272, 120.090, 30.282), ["gs-wu"]),
@@ -86,7 +86,7 @@ def stack_grids(path: Path) -> Path:
 
 def stack_options(folder: Path, **workorders: Any) -> dict[str, Any]:
     """``alerting_options`` for ``ConsoleStack``: its users and people plus two grid staff, work orders on."""
-    from console.testing import PEOPLE, USERS
+    from tests.support.console_stack import PEOPLE, USERS
 
     folder.mkdir(parents=True, exist_ok=True)
     users = [*USERS, *({"name": n, "role": "grid_staff", "token": tok, "grids": [g]}

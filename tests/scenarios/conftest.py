@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from rules.scenario import ScenarioResult, run_scenario_file, scenario_files
+from scenario.coverage import scenario_files
+from scenario.runner import ScenarioResult, run_scenario_file
 
 SHIPPED = scenario_files()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from rules.config import SHIPPED_PACKS
-from rules.scenario import coverage_report
+from scenario.coverage import coverage_report
 from tests.scenarios.conftest import SHIPPED, result_of
 
 

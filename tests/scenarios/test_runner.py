@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from rules.cli import scenario as scenario_cli
-from rules.scenario import ScenarioResult, run_scenario_file
+from scenario.cli import scenario as scenario_cli
+from scenario.runner import ScenarioResult, run_scenario_file
 
 REGISTRY = {"sites": [{"id": "tower-1"}],
             "devices": [{"id": "el-1", "kind": "elevator", "site": "tower-1", "attributes": {"rated_speed_mps": 2.0}}]}
@@ -160,7 +160,7 @@ def test_value_generators_are_deterministic_and_validated() -> None:
 
     import pytest
 
-    from rules.scenario.spec import ScenarioError, ValueGen, fmt_offset
+    from scenario.spec import ScenarioError, ValueGen, fmt_offset
 
     noisy = ValueGen({"mean": 22, "noise": 1.5, "decimals": 2, "max": 23}, "v")
     a = [noisy.at(i, 0.0, random.Random("s")) for i in range(3)]

@@ -20,9 +20,9 @@ from broker.mosquitto import free_port
 from broker.registry import DeviceRegistry
 from edge.modbus.gateway import ModbusGateway
 from edge.modbus.tagmap import TagMap, decode_tag
-from rules.scenario import ScenarioError
-from rules.scenario.coverage import SCENARIOS_DIR
-from rules.scenario.modbus_adapter import encode_tag, modbus_feed
+from scenario.coverage import SCENARIOS_DIR
+from scenario.errors import ScenarioError
+from scenario.modbus_adapter import encode_tag, modbus_feed
 from simulators.chemical_park import CONTROLLERS, ChemicalPark, ParkServers, load_scenario
 
 EPOCH = 1_795_672_800.0  # 2026-11-26T06:00:00Z

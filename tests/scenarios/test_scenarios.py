@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rules.scenario import SCENARIOS_DIR, format_result
+from scenario.coverage import SCENARIOS_DIR
+from scenario.runner import format_result
 from tests.scenarios.conftest import SHIPPED, result_of
 
 

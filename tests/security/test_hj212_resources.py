@@ -42,7 +42,7 @@ async def test_idle_connections_from_one_address_are_capped_and_timed_out(mosqui
         for link in idle:
             await link.wait_closed_by_gateway()
             await link.close()
-        assert gateway.counters.snapshot()["closed.preauth_timeout"] == 8
+        assert gateway.counters.snapshot()["closed.auth_timeout"] == 8
         assert gateway.counters.connections_open == 0
         await _served(port, "20261126080000002")
         assert len(await collector.wait_for("/telemetry", 2)) == 2
@@ -74,7 +74,7 @@ async def test_slowloris_before_and_after_authentication_is_cut_off(mosquitto: A
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         snapshot = gateway.counters.snapshot()
-        assert snapshot["closed.preauth_timeout"] == 1 and snapshot["closed.frame_timeout"] == 1
+        assert snapshot["closed.auth_timeout"] == 1 and snapshot["closed.frame_timeout"] == 1
         for link in (unauthenticated, authenticated):
             await link.close()
 
@@ -100,7 +100,7 @@ async def test_huge_declared_lengths_do_not_grow_memory(mosquitto: Any) -> None:
             await link.close()
         await junk.close()
         snapshot = gateway.counters.snapshot()
-        assert snapshot.get("closed.preauth_timeout", 0) + snapshot.get("closed.frame_timeout", 0) == 8
+        assert snapshot.get("closed.auth_timeout", 0) + snapshot.get("closed.frame_timeout", 0) == 8
         assert snapshot["closed.preauth_rejections"] == 1
         assert gateway.buffered_bytes() == 0
         [message] = await collector.wait_for("/telemetry", 1)

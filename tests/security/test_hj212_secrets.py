@@ -17,7 +17,7 @@ from hj212_harness import Collector, LoggerLink, realtime
 from broker.mosquitto import running_mosquitto
 from broker.mqtt import MqttClient, MqttError
 from broker.registry import DeviceRegistry, RegistryError
-from edge.hj212.__main__ import Hj212GatewayConfig, serve
+from edge.hj212.cli import Hj212GatewayConfig, serve
 
 MN = "010000A8900016F000169DC0"
 LEGACY_MN = "010000A8900016F000169DC1"

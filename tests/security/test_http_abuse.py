@@ -34,8 +34,8 @@ from alerting.service import AlertingService
 from broker.contracts import Kind, Severity, Transition, encode, utcnow
 from broker.mqtt import Message as MqttMessage
 from broker.mqtt import MqttClient
-from console.testing import ConsoleStack, token_of, wait_until
 from console.web import build_app as build_console
+from tests.support.console_stack import ConsoleStack, token_of, wait_until
 
 TOKENS = {"op": "Op7vQ2mZr5TqW9cLbN3hYf7KdA1sPe6U", "sup": "Sup2Xk9wQp4LmZ7vR3nB8tYc5HdF1gJe",
           "admin": "Adm4Rt8yUi2OpQw6ErTy9UiOp3AsDf7G"}

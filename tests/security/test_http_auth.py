@@ -20,7 +20,7 @@ from alerting.access import MIN_TOKEN_CHARS, token_problem
 from alerting.config import AlertingConfig, ApiConfig, User
 from alerting.service import AlertingService
 from broker.mqtt import MqttClient
-from console.testing import USERS, ConsoleStack, token_of
+from tests.support.console_stack import USERS, ConsoleStack, token_of
 from vigil.config import ConfigError, parse_config
 
 STRONG = "Jx8vQ2mZr5TqW9cLbN3hYf7KdA1sPe6U"

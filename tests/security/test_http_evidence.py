@@ -30,8 +30,8 @@ from broker.contracts import Kind, Severity, Transition, encode, utcnow
 from broker.mosquitto import MosquittoProcess
 from broker.mqtt import Message as MqttMessage
 from broker.mqtt import MqttClient
-from console import testing
-from console.testing import ConsoleStack, wait_until
+from tests.support import console_stack as testing
+from tests.support.console_stack import ConsoleStack, wait_until
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ import pytest
 from http_helpers import ADMIN, READER, WRITER, AuthInfluxd
 
 from console.history import HistoryReader, reader_for
-from console.testing import ConsoleStack, token_of
 from storage.config import InfluxV1Config, StorageConfig
 from storage.query import QueryError, influxql, quote_ident, quote_literal
+from tests.support.console_stack import ConsoleStack, token_of
 
 DB = "vigil"
 ATTACKS = [

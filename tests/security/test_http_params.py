@@ -21,7 +21,7 @@ from alerting.service import AlertingService
 from broker.contracts import Kind, Severity, Transition, encode, utcnow
 from broker.mqtt import Message as MqttMessage
 from broker.mqtt import MqttClient
-from console.testing import ConsoleStack, token_of, wait_until
+from tests.support.console_stack import ConsoleStack, token_of, wait_until
 
 TOKEN = "Jx8vQ2mZr5TqW9cLbN3hYf7KdA1sPe6U"
 

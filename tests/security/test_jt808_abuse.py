@@ -79,8 +79,8 @@ async def test_slowloris_one_byte_per_second_is_cut_off_by_the_authentication_de
         await still_served(gateway_rig, legit, 30.0 + (i + 1) / 1e4, i + 1)
     # The deadline counts from the connection's start: bytes trickling in do not extend it.
     assert closed, "the gateway kept a connection that never authenticated"
-    counters = gateway_rig.gateway.counters
-    assert counters["sessions_auth_timeout"] == 1 and counters["rejected_auth_timeout"] == 1
+    counters = gateway_rig.gateway.stats()
+    assert counters["closed.auth_timeout"] == 1 and counters["rejected.auth_timeout"] == 1
     assert counters["buffered_bytes"] <= MAX_ESCAPED_FRAME
     await until(lambda: "auth_timeout" in gateway_rig.inbox.dead_reasons())
     await still_served(gateway_rig, legit, 30.5, 100)
@@ -109,13 +109,13 @@ async def test_a_huge_unterminated_frame_is_dropped_without_buffering_it(rig: tu
             await attacker.writer.drain()
         except ConnectionError:
             break
-        peak = max(peak, gateway_rig.gateway.counters["buffered_bytes"])
+        peak = max(peak, gateway_rig.gateway.stats()["buffered_bytes"])
         if i % 4 == 0:
             await still_served(gateway_rig, legit, 31.0 + i / 1e4, i + 1)
-    await until(lambda: gateway_rig.gateway.counters.get("rejected_frame_too_long", 0) == 1)
-    assert peak <= MAX_ESCAPED_FRAME and gateway_rig.gateway.counters["buffered_bytes"] <= MAX_ESCAPED_FRAME
+    await until(lambda: gateway_rig.gateway.stats().get("rejected.frame_too_long", 0) == 1)
+    assert peak <= MAX_ESCAPED_FRAME and gateway_rig.gateway.stats()["buffered_bytes"] <= MAX_ESCAPED_FRAME
     assert await attacker.closed_by_gateway()
-    assert gateway_rig.gateway.counters["sessions_auth_timeout"] == 1
+    assert gateway_rig.gateway.stats()["closed.auth_timeout"] == 1
     await until(lambda: {"frame_too_long", "auth_timeout"} <= set(gateway_rig.inbox.dead_reasons()))
     await still_served(gateway_rig, legit, 31.5, 100)
 
@@ -132,14 +132,14 @@ async def _idle_connections(gateway_rig: Rig, legit: Terminal) -> None:
     # Ten addresses, ten idle connections each: 6 unauthenticated per address, 40 in all, are let in.
     for a in range(10):
         held += await open_many(gateway_rig, f"127.0.3.{a + 1}", 10)
-    await until(lambda: gateway_rig.gateway.counters["connections_refused"] == 100 - 39)
-    counters = gateway_rig.gateway.counters
-    assert counters["connections"] == 40  # the cap, the legitimate terminal included
-    assert counters["rejected_connection_limit"] == 61
+    await until(lambda: gateway_rig.gateway.stats()["connections_refused"] == 100 - 39)
+    counters = gateway_rig.gateway.stats()
+    assert counters["connections_open"] == 40  # the cap, the legitimate terminal included
+    assert counters["rejected.connection_limit"] == 61
     await still_served(gateway_rig, legit, 32.0, 1)
     # The legitimate terminal is not affected by the others' caps, and the idle ones are cut off.
-    await until(lambda: gateway_rig.gateway.counters["connections"] == 1)
-    assert gateway_rig.gateway.counters["sessions_auth_timeout"] == 39
+    await until(lambda: gateway_rig.gateway.stats()["connections_open"] == 1)
+    assert gateway_rig.gateway.stats()["closed.auth_timeout"] == 39
     assert all([await t.closed_by_gateway() for t in held])
     await still_served(gateway_rig, legit, 32.5, 100)
     # Refusals are dead-lettered per address in aggregate: a few each, the rest in one summary.
@@ -169,10 +169,10 @@ async def _garbage(gateway_rig: Rig, legit: Terminal) -> None:
         assert await attacker.closed_by_gateway()
         if round_ % 5 == 0:
             await still_served(gateway_rig, legit, 33.0 + round_ / 1e4, round_ + 1)
-    counters = gateway_rig.gateway.counters
+    counters = gateway_rig.gateway.stats()
     # Each connection is dropped after a handful of refusals; each refusal is counted.
-    assert counters["rejected_too_many_errors"] == 20
-    refused = sum(v for k, v in counters.items() if k.startswith("rejected_") and k != "rejected_too_many_errors")
+    assert counters["rejected.too_many_errors"] == 20
+    refused = sum(v for k, v in counters.items() if k.startswith("rejected.") and k != "rejected.too_many_errors")
     assert refused == 20 * LIMITS_PREAUTH_ERRORS
     await still_served(gateway_rig, legit, 33.5, 100)
     # A few dead letters per reason and address, the rest in summaries: not one per refused frame,
@@ -202,17 +202,17 @@ async def test_split_packet_floods_hold_nothing_before_authentication_and_a_boun
         except ConnectionError:
             pass
         assert await attacker.closed_by_gateway()
-        assert gateway_rig.gateway.counters["reassembly_bytes"] == 0
-    counters = gateway_rig.gateway.counters
-    assert counters["reassembly_bytes_peak"] == 0 and counters["rejected_not_authenticated"] == 5 * LIMITS_PREAUTH_ERRORS
+        assert gateway_rig.gateway.stats()["reassembly_bytes"] == 0
+    counters = gateway_rig.gateway.stats()
+    assert counters["reassembly_bytes_peak"] == 0 and counters["rejected.not_authenticated"] == 5 * LIMITS_PREAUTH_ERRORS
     # After authentication (the legitimate terminal misbehaving): bounded per connection and in total.
     for i in range(40):
         legit.writer.write(encode_frame(MsgId.BATCH_LOCATION, LEGIT_PHONE, 1000 + 64 * i, bytes(1000),
                                         packet=(64, 1)))
     await legit.writer.drain()
-    await until(lambda: gateway_rig.gateway.counters.get("rejected_split_overflow", 0) >= 30)
-    counters = gateway_rig.gateway.counters
+    await until(lambda: gateway_rig.gateway.stats().get("rejected.split_overflow", 0) >= 30)
+    counters = gateway_rig.gateway.stats()
     assert counters["reassembly_bytes_peak"] <= REASSEMBLY.per_connection_bytes <= REASSEMBLY.total_bytes
     await still_served(gateway_rig, legit, 34.0, 1)
     legit.close()
-    await until(lambda: gateway_rig.gateway.counters["reassembly_bytes"] == 0)  # released with the connection
+    await until(lambda: gateway_rig.gateway.stats()["reassembly_bytes"] == 0)  # released with the connection

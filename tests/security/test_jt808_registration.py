@@ -73,9 +73,9 @@ async def test_a_stranger_cannot_take_over_a_registered_vehicle(mosquitto: Mosqu
         await rig.gateway.flush()
         assert [m.metrics["lat"] for m in rig.inbox.telemetry[VICTIM_ID]] == [30.001, 30.002]
         assert VICTIM_ID not in rig.inbox.events
-        counters = rig.gateway.counters
-        assert counters["rejected_identity_mismatch"] == 2 and counters["rejected_already_registered"] == 1
-        assert counters["rejected_auth_failed"] == 3 and counters["rejected_not_authenticated"] == 1
+        counters = rig.gateway.stats()
+        assert counters["rejected.identity_mismatch"] == 2 and counters["rejected.already_registered"] == 1
+        assert counters["rejected.auth_failed"] == 3 and counters["rejected.not_authenticated"] == 1
         assert counters["registered"] == 1
         await until(lambda: {"identity_mismatch", "already_registered", "auth_failed"} <= set(rig.inbox.dead_reasons()))
         mismatch = next(d for d in rig.inbox.dead if d.detail.startswith("identity_mismatch"))
@@ -95,7 +95,7 @@ async def test_a_plate_registered_to_one_terminal_cannot_be_registered_by_anothe
         second = await Terminal.open(rig, "013912345679", source="127.0.0.2")
         result, code = await second.register(TerminalIdentity("ACME", "T-1", "A000002", 1, "浙b12345 "))
         assert result == RegisterResult.VEHICLE_ALREADY_REGISTERED and code == ""
-        assert rig.gateway.counters["rejected_already_registered"] == 1
+        assert rig.gateway.stats()["rejected.already_registered"] == 1
         first.close()
         second.close()
 
@@ -172,8 +172,8 @@ async def test_registration_and_authentication_attempts_are_throttled_per_phone_
         probe.send(MsgId.REGISTER, b"\x00" * 37)
         assert await probe.closed_by_gateway()
 
-        counters = rig.gateway.counters
-        assert counters["rejected_rate_limited"] == 2
+        counters = rig.gateway.stats()
+        assert counters["rejected.rate_limited"] == 2
         await until(lambda: "rate_limited" in rig.inbox.dead_reasons())
         # Meanwhile the fleet is served.
         await still_served(rig, legit, 30.3, 0)
@@ -219,5 +219,5 @@ async def test_simulated_terminals_keep_their_codes_across_simulator_restarts(mo
             out, _ = await asyncio.wait_for(proc.communicate(), 120)
             summary = json.loads(out.decode().strip().splitlines()[-1])
             assert summary["authenticated"] == 5 and summary["registration_refused"] == 0, summary
-        assert rig.gateway.counters["registered"] == 5 and rig.gateway.counters["authenticated"] == 10
+        assert rig.gateway.stats()["registered"] == 5 and rig.gateway.stats()["authenticated"] == 10
         assert len(json.loads(codes.read_text())) == 5

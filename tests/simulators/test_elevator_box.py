@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from broker.contracts import DeviceEvent
+from edge.elevator.agent import ElevatorMonitor
 from edge.elevator.driver import ElevatorBoxDriver
-from edge.elevator.monitor import ElevatorMonitor
 from simulators.elevator import ElevatorSimulation, ElevatorSpec, FaultSpec, FaultType, load_scenario
 from simulators.elevator_box import SimulatedBoxDriver, build_parser
 from simulators.elevator_fleet import ElevatorFleet, SimulatedBoxFleet, plan_faults

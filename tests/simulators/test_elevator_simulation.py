@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.contracts import DeviceEvent, Telemetry, decode_device_message
-from edge.elevator.monitor import ElevatorMonitor
+from edge.elevator.agent import ElevatorMonitor
 from simulators.elevator import (
     ElevatorScenario,
     ElevatorSimulation,

@@ -26,7 +26,7 @@ from alerting.lifecycle import apply_transition, change_severity
 from alerting.router import Router
 from alerting.sender import Message
 from alerting.service import AlertingService
-from alerting.storm import StormControl
+from alerting.stages import StormControl
 from broker.clocksteps import WallClockSteps
 from broker.contracts import AlertStatus, Kind, Severity, Transition, encode
 from broker.mqtt import Message as MqttMessage

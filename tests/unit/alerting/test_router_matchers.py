@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from alerting.config import Route
-from alerting.matchers import Matcher, MatcherError
-from alerting.router import Router
+from alerting.router import Matcher, MatcherError, Router
 
 
 @pytest.mark.parametrize(("text", "labels", "expected"), [

@@ -7,9 +7,8 @@ import pytest
 from alerting.config import AlertingConfigError, load_config
 from alerting.figures import handling_figures
 from alerting.lifecycle import AlertRecord
-from alerting.masking import mask_text, mask_url
-from alerting.storm import StormControl
-from alerting.templates import MessageTemplates
+from alerting.stages import StormControl
+from alerting.templates import MessageTemplates, mask_text, mask_url
 from broker.contracts import AlertStatus, Kind, Severity
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from edge.camera.config import camera_from_dict
 from edge.camera.runner import CameraRunner, EventOutput, analyse_file, events_of
-from edge.open_events import RESTART_REASON, OpenEvent
+from edge.runtime.outbox import RESTART_REASON, OpenEvent
 from simulators.camera_scenes import Scene, render_file
 
 START = "2026-11-26T22:00:00+08:00"

@@ -9,9 +9,8 @@ from pathlib import Path
 import msgspec
 
 from broker.contracts import DeviceEvent, Telemetry
-from edge.elevator.agent import ElevatorAgent
+from edge.elevator.agent import ElevatorAgent, ElevatorMonitor
 from edge.elevator.driver import DriverError
-from edge.elevator.monitor import ElevatorMonitor
 from edge.elevator.signals import ElevatorSignals
 from edge.runtime import EdgeIdentity, EdgeLink
 

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from broker.contracts import DeviceEvent, Telemetry, decode_device_message, encode
-from edge.elevator.monitor import ElevatorMonitor
+from edge.elevator.agent import ElevatorMonitor
 from edge.elevator.signals import ElevatorGeometry, ElevatorSignals
 
 IDLE = ElevatorSignals(position_m=0.0, speed_mps=0.0, direction="stopped", door="closed", door_zone=True, floor=1,

@@ -6,9 +6,9 @@ import dataclasses
 from pathlib import Path
 
 from broker.contracts import DeviceEvent
-from edge.elevator.monitor import ElevatorMonitor
+from edge.elevator.agent import ElevatorMonitor
 from edge.elevator.signals import ElevatorSignals
-from edge.open_events import RESTART_REASON, MemoryOpenEvents, OpenEvent, OpenEventFile
+from edge.runtime.outbox import RESTART_REASON, MemoryOpenEvents, OpenEvent, OpenEventFile
 
 IDLE = ElevatorSignals(position_m=0.0, speed_mps=0.0, direction="stopped", door="closed", door_zone=True, floor=1,
                        occupancy=0, load_kg=0.0, power="mains", mode="normal", safety_circuit_ok=True)

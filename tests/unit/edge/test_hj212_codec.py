@@ -13,7 +13,6 @@ from edge.hj212.codec import (
     Hj212Reject,
     Hj212Rejection,
     QnRtn,
-    SplitPacketAssembler,
     build_segment,
     crc16,
     data_reply,
@@ -26,6 +25,7 @@ from edge.hj212.codec import (
     request_reply,
     split_packet,
 )
+from edge.hj212.reassembly import SplitPacketAssembler
 
 # Appendix A's example, byte for byte.
 STANDARD_SEGMENT = (

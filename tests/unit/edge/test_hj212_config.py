@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.hj212.__main__ import ConfigError, Hj212GatewayConfig, add_arguments, config_from_args, load_config
+from edge.hj212.cli import ConfigError, Hj212GatewayConfig, add_arguments, config_from_args, load_config
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

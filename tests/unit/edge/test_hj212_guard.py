@@ -12,14 +12,14 @@ from edge.hj212.codec import (
     Hj212Error,
     Hj212Packet,
     Hj212Reject,
-    Hj212Rejection,
     decode_frame,
     encode_frame,
     encode_packet,
     parse_packet,
 )
-from edge.hj212.guard import AddressLimiter, AuthThrottle, DeadLetterAggregator, GuardPolicy
+from edge.hj212.guard import AuthThrottle, GuardPolicy, dead_letter_source, summary_rejection
 from edge.hj212.session import Hj212Counters, Hj212Session, SessionPolicy, StaticDevicePasswords
+from edge.runtime.rejections import DeadLetterAggregator
 from simulators.hj212_logger import LoggerModel, load_scenario
 
 MN = "010000A8900016F000169DC0"
@@ -44,34 +44,22 @@ def test_throttle_doubles_per_failure_up_to_the_bound_and_forgets() -> None:
     assert throttle.failures(f"mn:{MN}") == 1
 
 
-def test_address_limiter_caps_open_and_unauthenticated_connections() -> None:
-    limiter = AddressLimiter(GuardPolicy(max_connections_per_address=3, max_preauth_per_address=2))
-    assert limiter.admit("a") is None and limiter.admit("a") is None
-    assert limiter.admit("a") == "unauthenticated connections per address"
-    assert limiter.admit("b") is None
-    limiter.authenticated("a")
-    assert limiter.admit("a") is None
-    assert limiter.admit("a") == "connections per address"
-    limiter.closed("a", authenticated=True)
-    limiter.closed("a", authenticated=False)
-    limiter.closed("a", authenticated=False)
-    assert limiter.open["a"] == 0 and limiter.preauth["a"] == 0
-
-
-def test_aggregator_publishes_the_first_and_summarises_the_rest() -> None:
-    letters = DeadLetterAggregator(GuardPolicy(dead_letter_interval_s=10, dead_letters_per_interval=1,
-                                               dead_letters_per_interval_device=3))
-    bad = Hj212Rejection(Hj212Reject.BAD_CRC, "crc")
-    assert [letters.admit(bad, "addr:1.2.3.4", False, 0.0) for _ in range(5)] == [True, False, False, False, False]
-    assert [letters.admit(bad, f"mn:{MN}", True, 0.0) for _ in range(4)] == [True, True, True, False]
-    assert letters.flush(5.0) == []
-    summaries = dict(letters.flush(10.0))
+def test_aggregated_dead_letters_are_keyed_and_worded_for_hj212() -> None:
+    policy = GuardPolicy(dead_letter_interval_s=10, dead_letters_per_interval=1, dead_letters_per_interval_device=3)
+    letters = DeadLetterAggregator(policy.dead_letters_per_interval, policy.dead_letter_interval_s)
+    anonymous, logger = dead_letter_source(None, "1.2.3.4"), dead_letter_source(MN, "1.2.3.4")
+    assert (anonymous, logger) == ("addr:1.2.3.4", f"mn:{MN}")
+    assert [letters.admit(anonymous, "bad_crc", 0.0) for _ in range(5)] == [True, False, False, False, False]
+    burst = policy.dead_letters_per_interval_device
+    assert [letters.admit(logger, "bad_crc", 0.0, burst=burst) for _ in range(4)] == [True, True, True, False]
+    assert letters.due(5.0) == []
+    summaries = {s.source: summary_rejection(s) for s in letters.due(10.0)}
     assert set(summaries) == {"addr:1.2.3.4", f"mn:{MN}"}
     assert summaries["addr:1.2.3.4"].detail.endswith("count=4)") and summaries["addr:1.2.3.4"].mn is None
     assert summaries[f"mn:{MN}"].detail.endswith("count=1)") and summaries[f"mn:{MN}"].mn == MN
     assert all(r.reason is Hj212Reject.BAD_CRC for r in summaries.values())
     # A new interval starts afresh.
-    assert letters.admit(bad, "addr:1.2.3.4", False, 11.0) is True
+    assert letters.admit(anonymous, "bad_crc", 11.0) is True
     assert letters.suppressed_total == 5
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.hj212.codec import Hj212Frame, Hj212FrameReader, Hj212Packet, SplitPacketAssembler, parse_packet
+from edge.hj212.codec import Hj212Frame, Hj212FrameReader, Hj212Packet, parse_packet
 from edge.hj212.gateway import packet_to_telemetry
+from edge.hj212.reassembly import SplitPacketAssembler
 from simulators.hj212_logger import LoggerModel, Scenario, load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[3] / "simulators" / "scenarios"

@@ -1,4 +1,4 @@
-"""The JT/T 808 gateway's options, registry lookup and rejection logging (no sockets)."""
+"""The JT/T 808 gateway's options and registry lookup (no sockets)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from broker.registry import DeviceRegistry, RegistryError
-from edge.jt808.codec import RejectionReason
-from edge.jt808.gateway import RegistryTerminals, RejectionLog, build_parser, parse_listen, platform_from_args
+from edge.jt808.cli import build_parser, parse_listen, platform_from_args
 from edge.jt808.registrations import MemoryRegistrations, SqliteRegistrations, TerminalIdentity
-from edge.jt808.session import Rejection
+from edge.jt808.registry import RegistryTerminals
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -83,20 +82,3 @@ def test_registrations_in_memory_with_a_warning_or_in_a_file(tmp_path: Path,
     on_disk = platform_from_args(build_parser().parse_args(["--data-dir", str(tmp_path)]))
     assert isinstance(on_disk.registrations, SqliteRegistrations)
     assert on_disk.registrations.path == tmp_path / "jt808-registrations.sqlite3"
-
-
-def test_rejection_log_is_rate_limited_per_reason(caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    note = RejectionLog(burst=2, window_s=10, clock=lambda: now[0])
-    bad = Rejection(RejectionReason.BAD_CHECKSUM, "x", "peer", "1", 0x200, b"")
-    other = Rejection(RejectionReason.GARBAGE, "y", "peer", None, None, b"")
-    with caplog.at_level(logging.WARNING):
-        for _ in range(5):
-            note(bad)
-        note(other)
-        now[0] = 11.0
-        note(bad)
-    lines = [r.getMessage() for r in caplog.records]
-    assert sum("refused bad_checksum" in m for m in lines) == 3
-    assert sum("refused garbage" in m for m in lines) == 1
-    assert any("3 more bad_checksum rejections" in m for m in lines)

@@ -16,7 +16,7 @@ from edge.jt808.codec import (
     decode_frame,
     encode_frame,
 )
-from edge.jt808.limits import Aggregator, AttemptLimits, ByteBudget, RateLimiter, ReassemblyLimits
+from edge.jt808.limits import AttemptLimits, ByteBudget, RateLimiter, ReassemblyLimits
 from edge.jt808.messages import MsgId, RegisterRequest, RegisterResult, build_register, parse_register_reply
 from edge.jt808.registrations import Registration, SqliteRegistrations, TerminalIdentity, hash_code, new_auth_code
 from edge.jt808.session import Jt808Platform, StaticTerminalRegistry
@@ -42,17 +42,11 @@ def test_token_buckets_refill_and_forget_the_least_recent_keys() -> None:
     assert len(limiter) == 3 and limiter.allow("a", 1.0)  # "a" was forgotten: a full bucket again
 
 
-def test_byte_budget_and_aggregator() -> None:
+def test_byte_budget() -> None:
     budget = ByteBudget(10)
     assert budget.take(6) and not budget.take(5) and budget.used == 6
     budget.give(6)
     assert budget.used == 0 and budget.peak == 6
-    agg = Aggregator(burst=2, window_s=10.0, max_keys=2)
-    assert [agg.admit(("h", "garbage"), 0.0) for _ in range(5)] == [True, True, False, False, False]
-    agg.admit(("i", "garbage"), 0.0)
-    assert agg.admit(("j", "garbage"), 0.0)  # beyond max_keys: counted under ("*", reason)
-    assert agg.due(5.0) == []
-    assert agg.due(10.0) == [(("h", "garbage"), 3, 10.0)]
 
 
 def test_reassembly_is_bounded_per_connection_and_in_total() -> None:

@@ -381,7 +381,7 @@ def test_counters_snapshot_names_reasons_and_messages() -> None:
     plat, term = logged_in()
     term.send(0x0900)
     snap = plat.counters.snapshot()
-    assert snap["rejected_unsupported_message"] == 1 and snap["msg_0x0100"] == 1 and snap["sessions_open"] == 1
+    assert snap["rejected.unsupported_message"] == 1 and snap["messages.0x0100"] == 1 and snap["sessions_open"] == 1
     term.session.close()
     assert plat.counters.snapshot()["sessions_open"] == 0
 

@@ -1,4 +1,4 @@
-"""The JT/T 809 gateway's options, directory files, and its fit to the shared JT/T 808 TCP server."""
+"""The JT/T 809 gateway's options, directory files, and its fit to the runtime's TCP server."""
 
 from __future__ import annotations
 
@@ -8,29 +8,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.jt808 import gateway as server_module
+from edge.jt809.cli import DEFAULT_PORT, build_parser, limits_from_args
 from edge.jt809.codec import Jt809Keys
 from edge.jt809.directory import DirectoryError, FilePlatforms, RegistryVehicles, load_platforms
-from edge.jt809.gateway import DEFAULT_PORT, build_parser, limits_from_args
 from edge.jt809.session import Jt809Platform, Jt809Session
+from edge.runtime import server as server_module
 from simulators.jt809_platform import LowerPlatformSim, drive
 from simulators.jt809_platform import main as sim_main
 
 
-def test_shared_server_uses_only_what_the_809_platform_and_session_have() -> None:
-    """``Jt808Gateway`` runs JT/T 809 sessions by duck typing: fail loudly when it starts using more."""
+def test_runtime_server_uses_only_what_the_809_platform_and_session_have() -> None:
+    """``GatewayServer`` runs JT/T 809 sessions (typed by its Protocols): fail loudly when it starts using more."""
     source = Path(server_module.__file__).read_text(encoding="utf-8")
     platform = Jt809Platform(FilePlatforms("/nonexistent"), RegistryVehicles("/nonexistent"))
     session = platform.new_session("1.2.3.4:5")
     for name in sorted(set(re.findall(r"\bplatform\.(\w+)", source))):
-        assert hasattr(platform, name), f"Jt808Gateway uses platform.{name}; add it to Jt809Platform"
+        assert hasattr(platform, name), f"GatewayServer uses platform.{name}; add it to Jt809Platform"
     for name in sorted(set(re.findall(r"\bsession\.(\w+)", source))):
-        assert hasattr(session, name), f"Jt808Gateway uses session.{name}; add it to Jt809Session"
+        assert hasattr(session, name), f"GatewayServer uses session.{name}; add it to Jt809Session"
     assert isinstance(session, Jt809Session)
-    for name in sorted(set(re.findall(r"\bplatform\.commands\.(\w+)", source))):
-        assert hasattr(platform.commands, name), f"Jt808Gateway uses platform.commands.{name}"
     for name in sorted(set(re.findall(r"\bplatform\.counters\.(\w+)", source))):
-        assert hasattr(platform.counters, name), f"Jt808Gateway uses platform.counters.{name}"
+        assert hasattr(platform.counters, name), f"GatewayServer uses platform.counters.{name}"
 
 
 def test_options() -> None:

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.backends import BackendError, BackendUnavailable, PointsRefused
+from storage.backends import BackendError, BackendUnavailable, OutboxDrainer, PointsRefused
 from storage.config import WriterConfig
-from storage.drainer import OutboxDrainer
 from storage.outbox import Outbox
 
 FAST = WriterConfig(batch_points=100, flush_interval_s=0.05, retry_min_s=0.001, retry_max_s=0.005)

@@ -24,31 +24,18 @@ from broker.contracts import (
     make_dead_letter,
 )
 from broker.ingest import DeviceIngest
-from broker.mqtt import Handler, Message
+from broker.mqtt import Message
 from broker.registry import Device, DeviceRegistry, Site
 from storage.backends import PointsRefused
 from storage.config import OutboxConfig, StorageConfig
 from storage.service import StorageService
+from tests.support.mqtt_fake import FakeMqtt
 
 TS = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
 
 
-class RecordingMqtt:
-    """The two MqttClient methods the stage uses, recorded."""
-
-    def __init__(self) -> None:
-        self.subscriptions: list[str] = []
-        self.published: list[tuple[str, bytes]] = []
-
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        self.subscriptions.append(topic_filter)
-
-    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        self.published.append((topic, payload))
-
-
-def make(tmp_path: Path, **kw: object) -> tuple[StorageService, RecordingMqtt]:
-    mqtt = RecordingMqtt()
+def make(tmp_path: Path, **kw: object) -> tuple[StorageService, FakeMqtt]:
+    mqtt = FakeMqtt()
     reg = DeviceRegistry.build([Site(id="tower-a")], [Device(id="el-1", kind=Kind.ELEVATOR, site="tower-a")], [])
     cfg = msgspec.structs.replace(StorageConfig(outbox=OutboxConfig(fsync="off")), **kw)
     service = StorageService(cfg, mqtt=mqtt, ingest=DeviceIngest(mqtt), registry=reg,  # type: ignore[arg-type]
@@ -78,14 +65,14 @@ def device_messages() -> list[Message]:
 
 def test_attach_consumes_all_device_channels_and_subscribes_both_topics(tmp_path: Path) -> None:
     service, mqtt = make(tmp_path)
-    assert {ALERTS_FILTER, DEAD_LETTER_FILTER} <= set(mqtt.subscriptions)
+    assert {ALERTS_FILTER, DEAD_LETTER_FILTER} <= mqtt.topic_filters
     service.ingest.on_batch(device_messages())
     assert [line.split(",", 1)[0] for line in pending(service)] == ["telemetry_elevator", "events", "status"]
 
 
 def test_store_flags_narrow_what_is_kept(tmp_path: Path) -> None:
     service, mqtt = make(tmp_path, store_events=False, store_status=False, store_dead_letters=False)
-    assert ALERTS_FILTER in mqtt.subscriptions and DEAD_LETTER_FILTER not in mqtt.subscriptions
+    assert ALERTS_FILTER in mqtt.topic_filters and DEAD_LETTER_FILTER not in mqtt.topic_filters
     service.ingest.on_batch(device_messages())
     assert [line.split(",", 1)[0] for line in pending(service)] == ["telemetry_elevator"]
 
@@ -106,7 +93,7 @@ def test_bad_alert_payload_is_dead_lettered_and_an_empty_one_ignored(tmp_path: P
                        Message("vigil/v1/alerts/elevator/el-1/a2", b'{"id": 3}', 1, False, 0.0)])
     assert pending(service) == []
     assert service.stats()["stored_undecodable"] == 1
-    topic, payload = mqtt.published[0]
+    topic, payload = mqtt.published[0].topic, mqtt.published[0].payload
     letter = decode_dead_letter(payload)
     assert topic == "vigil/v1/deadletter/storage" and letter.reason == RejectReason.SCHEMA
 
@@ -135,5 +122,5 @@ def test_refused_lines_are_kept_and_dead_lettered_once(tmp_path: Path, line: byt
     assert "refused a point" in caplog.text
     assert len(mqtt.published) == (1 if republished else 0)
     if republished:
-        letter = decode_dead_letter(mqtt.published[0][1])
+        letter = decode_dead_letter(mqtt.published[0].payload)
         assert letter.stage == "storage" and letter.payload == line.decode()

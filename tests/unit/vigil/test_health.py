@@ -7,21 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from broker.contracts import Kind, Transition
+from tests.support.mqtt_fake import FakeMqtt
 from vigil.config import VigilConfig
 from vigil.health import HealthConfig, HealthMonitor, prometheus_text
 from vigil.runtime import LoopMonitor
-
-
-class FakeMqtt:
-    connected = True
-    stalled_since: float | None = None
-    last_not_durable: str | None = None
-    def __init__(self) -> None:
-        self.published: list[str] = []
-        self.counters: dict[str, int] = {}
-
-    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> None:
-        self.published.append(topic)
 
 
 @dataclass
@@ -79,7 +68,7 @@ def test_one_firing_and_one_resolved_transition_per_incident(tmp_path: Path) -> 
     platform.stages["storage"].st["backend_unavailable_s"] = 0.0
     assert [(t.rule, t.status) for t in mon.step()] == [("vigil_influxdb", "resolved")]
     assert [t.status for t in alerting.taken] == ["firing", "resolved"]
-    assert platform.mqtt.published == ["vigil/v1/transitions/vigil/n1"] * 2
+    assert platform.mqtt.topics() == ["vigil/v1/transitions/vigil/n1"] * 2
     assert mon.report()["status"] == "ok"
 
 

@@ -1,0 +1,91 @@
+"""Command-line pieces every gateway shares: ``--listen``, the server bounds, the uplink options, running.
+
+A protocol's ``cli.py`` adds its own options (registry, platforms file, tag map, ...) to a parser
+built with ``add_server_arguments`` / ``add_uplink_arguments`` and runs ``serve`` under ``run_gateway``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from broker.credentials import add_mqtt_arguments
+from edge.runtime.server import GatewayLimits
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (or ``PORT``, or ``[v6]:PORT``)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "0.0.0.0", value
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--listen wants HOST:PORT, got {value!r}") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} out of range")
+    return host.strip("[]") or "0.0.0.0", number
+
+
+def add_uplink_arguments(p: argparse.ArgumentParser, *, name: str, data_dir_help: str) -> None:
+    """``--mqtt``, ``--client-id``, ``--telemetry-qos``, ``--data-dir``, ``--gateway-name`` (defaults from ``name``)."""
+    add_mqtt_arguments(p, default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--client-id", default=f"vigil-edge-{name}", help="MQTT client id")
+    p.add_argument("--telemetry-qos", type=int, choices=(0, 1), default=1,
+                   help="MQTT QoS of positions (events and dead letters are always QoS 1)")
+    p.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
+    p.add_argument("--gateway-name", default=name, help=f"gateway identity with --data-dir (default {name})")
+
+
+def add_server_arguments(p: argparse.ArgumentParser, *, port: int, who: str, defaults: GatewayLimits) -> None:
+    """``--listen`` and the server bounds (``--idle-timeout`` ... ``--queue-limit``) of a ``GatewayServer``."""
+    d = defaults
+    p.add_argument("--listen", type=parse_listen, default=("0.0.0.0", port), metavar="HOST:PORT",
+                   help=f"TCP address {who} connect to (default 0.0.0.0:{port})")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s, metavar="S",
+                   help="close authenticated connections silent for S seconds")
+    p.add_argument("--auth-timeout", type=float, default=d.auth_timeout_s, metavar="S",
+                   help="close connections not authenticated S seconds after connecting")
+    p.add_argument("--max-connections", type=int, default=d.max_connections, metavar="N", help="connections at once")
+    p.add_argument("--max-per-address", type=int, default=d.max_per_address, metavar="N",
+                   help="connections at once from one source address")
+    p.add_argument("--max-preauth-per-address", type=int, default=d.max_preauth_per_address, metavar="N",
+                   help="unauthenticated connections at once from one source address")
+    p.add_argument("--queue-limit", type=int, default=d.queue_limit, help="publications queued before reading pauses")
+
+
+def limits_from_args(args: argparse.Namespace) -> GatewayLimits:
+    """The server's bounds from options added by ``add_server_arguments``."""
+    return GatewayLimits(idle_timeout_s=args.idle_timeout, auth_timeout_s=args.auth_timeout,
+                         max_connections=args.max_connections, max_per_address=args.max_per_address,
+                         max_preauth_per_address=args.max_preauth_per_address, queue_limit=args.queue_limit)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """The gateways' log format on stderr."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+
+
+def run_gateway(name: str, main: Coroutine[Any, Any, object], *extra: type[Exception]) -> int:
+    """Run a gateway's ``serve`` coroutine until it returns or SIGINT; 1 (logged) on a start-up failure.
+
+    ``extra`` are the protocol's own start-up errors (a registration store that cannot be opened, ...).
+    """
+    from broker.mqtt import MqttError
+    from edge.runtime.identity import IdentityError
+    from edge.runtime.link import EdgeLinkError
+
+    errors: tuple[type[Exception], ...] = (OSError, MqttError, EdgeLinkError, IdentityError, *extra)
+    try:
+        asyncio.run(main)
+    except KeyboardInterrupt:
+        pass
+    except errors as exc:
+        logging.getLogger(f"edge.{name}").error("%s: %s", name, exc)
+        return 1
+    return 0
