@@ -88,24 +88,38 @@ def _notif(row: tuple[Any, ...]) -> NotificationRow:
     return NotificationRow(*vals)
 
 
-def _where(status: Sequence[str] | None, since: float | None, until: float | None,
-           filters: Mapping[str, str] | None) -> tuple[str, list[Any]]:
+def where_clause(*, one_of: Mapping[str, Sequence[str]], time_column: str, since: float | None,
+                 until: float | None, filters: Mapping[str, str] | None,
+                 columns: Iterable[str]) -> tuple[str, list[Any]]:
+    """A parameterised ``WHERE``: each ``one_of`` column IN its (non-empty) values, ``since <= time < until``,
+    and ``column = value`` for the ``filters`` whose column is one of ``columns`` (others are ignored).
+
+    Column names come only from the caller's code, never from a request; values are always bound.
+    """
     parts: list[str] = []
     args: list[Any] = []
-    if status:
-        parts.append(f"status IN ({','.join('?' * len(status))})")
-        args.extend(status)
+    for col, values in one_of.items():
+        if values:
+            parts.append(f"{col} IN ({','.join('?' * len(values))})")
+            args.extend(values)
     if since is not None:
-        parts.append("starts_at >= ?")
+        parts.append(f"{time_column} >= ?")
         args.append(since)
     if until is not None:
-        parts.append("starts_at < ?")
+        parts.append(f"{time_column} < ?")
         args.append(until)
+    allowed = frozenset(columns)
     for col, val in (filters or {}).items():
-        if col in FILTER_COLUMNS:
+        if col in allowed:
             parts.append(f"{col} = ?")
             args.append(val)
     return ("WHERE " + " AND ".join(parts)) if parts else "", args
+
+
+def _where(status: Sequence[str] | None, since: float | None, until: float | None,
+           filters: Mapping[str, str] | None) -> tuple[str, list[Any]]:
+    return where_clause(one_of={"status": status or ()}, time_column="starts_at", since=since, until=until,
+                        filters=filters, columns=FILTER_COLUMNS)
 
 
 class AlertStore:

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from broker.mosquitto import free_port
+
 PARTITION_PREFIX = "vigil.p"
 """Device messages after the mapping: ``vigil.p.{n}.{kind}.{device}.{channel}``."""
 
@@ -79,13 +81,6 @@ def node_config(node: NatsNode, peers: list[NatsNode], partitions: int, *, max_p
         f'mappings = {{ "{source}": "{dest}" }}' if partitions else "# no partition mapping (benchmark baseline)",
         "",
     ])
-
-
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

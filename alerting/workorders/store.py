@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
 
 import msgspec
 
+from alerting.store import where_clause
 from alerting.workorders.model import WorkOrder
 
 _SCHEMA = """
@@ -48,28 +48,11 @@ class OrderStore:
               since: float | None = None, until: float | None = None, filters: dict[str, str] | None = None,
               limit: int = 10_000, offset: int = 0) -> list[WorkOrder]:
         """Orders by stage, grid set, creation time and columns, newest first."""
-        parts: list[str] = []
-        args: list[Any] = []
-        if stages:
-            parts.append(f"stage IN ({','.join('?' * len(stages))})")
-            args.extend(stages)
-        if grids is not None:
-            g = list(grids)
-            if not g:
-                return []
-            parts.append(f"grid IN ({','.join('?' * len(g))})")
-            args.extend(g)
-        if since is not None:
-            parts.append("created_at >= ?")
-            args.append(since)
-        if until is not None:
-            parts.append("created_at < ?")
-            args.append(until)
-        for col, val in (filters or {}).items():
-            if col in COLUMNS:
-                parts.append(f"{col} = ?")
-                args.append(val)
-        where = ("WHERE " + " AND ".join(parts)) if parts else ""
+        g = list(grids) if grids is not None else []
+        if grids is not None and not g:
+            return []  # an empty grid set sees nothing (not everything)
+        where, args = where_clause(one_of={"stage": stages or (), "grid": g}, time_column="created_at",
+                                   since=since, until=until, filters=filters, columns=COLUMNS)
         rows = self.db.execute(f"SELECT data FROM workorders {where} ORDER BY created_at DESC LIMIT ? OFFSET ?",
                                (*args, limit, offset)).fetchall()
         return [_DEC.decode(r[0]) for r in rows]

@@ -49,6 +49,7 @@ from edge.runtime.cli import (
     limits_from_args,
     parse_listen,
     run_gateway,
+    serve_until_stopped,
     setup_logging,
 )
 from edge.runtime.server import GatewayLimits
@@ -131,14 +132,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
                                    limits=limits_from_args(args))
             if not getattr(args, "no_commands", False):
                 uplink.subscribe(COMMAND_FILTER, gateway.on_commands)
-            bound = await gateway.start(*args.listen)
-            if ready is not None:
-                ready(bound)
-            try:
-                await stop.wait()
-            finally:
-                await gateway.stop()
-                log.info("jt808: stopped: %s", gateway.stats())
+            await serve_until_stopped(gateway, args.listen, stop, ready, log, "jt808")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

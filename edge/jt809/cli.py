@@ -17,6 +17,7 @@ from edge.runtime.cli import (
     add_uplink_arguments,
     limits_from_args,
     run_gateway,
+    serve_until_stopped,
     setup_logging,
 )
 from edge.runtime.uplink import dead_letter_sink, open_uplink, stop_on_signals
@@ -52,14 +53,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
                                telemetry_qos=args.telemetry_qos) as uplink:
             gateway = Jt809Gateway(platform, uplink.publish, dead_letter=dead_letter_sink(uplink.publish, STAGE),
                                    limits=limits_from_args(args), sublink_heartbeat_s=args.sublink_heartbeat)
-            bound = await gateway.start(*args.listen)
-            if ready is not None:
-                ready(bound)
-            try:
-                await stop.wait()
-            finally:
-                await gateway.stop()
-                log.info("jt809: stopped: %s", gateway.stats())
+            await serve_until_stopped(gateway, args.listen, stop, ready, log, "jt809")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

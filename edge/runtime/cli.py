@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from broker.credentials import add_mqtt_arguments
 from edge.runtime.server import GatewayLimits
@@ -64,6 +64,30 @@ def limits_from_args(args: argparse.Namespace) -> GatewayLimits:
     return GatewayLimits(idle_timeout_s=args.idle_timeout, auth_timeout_s=args.auth_timeout,
                          max_connections=args.max_connections, max_per_address=args.max_per_address,
                          max_preauth_per_address=args.max_preauth_per_address, queue_limit=args.queue_limit)
+
+
+class ServedGateway(Protocol):
+    """What ``serve_until_stopped`` needs of a gateway (the JT/T 808 and JT/T 809 gateways on ``GatewayServer``)."""
+
+    async def start(self, host: str, port: int) -> tuple[str, int]: ...
+
+    async def stop(self, drain_timeout: float = 5.0) -> None: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+async def serve_until_stopped(gateway: ServedGateway, listen: tuple[str, int], stop: asyncio.Event,
+                              ready: Callable[[tuple[str, int]], None] | None, log: logging.Logger,
+                              name: str) -> None:
+    """Listen on ``listen``, tell ``ready`` the bound address, serve until ``stop`` is set, then stop and log the stats."""
+    bound = await gateway.start(*listen)
+    if ready is not None:
+        ready(bound)
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()
+        log.info("%s: stopped: %s", name, gateway.stats())
 
 
 def setup_logging(level: str = "INFO") -> None:

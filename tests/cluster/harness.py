@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,8 +22,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from broker.contracts import Telemetry, encode
 from broker.nats_server import NatsNodeProcess, local_cluster
 from broker.nats_transport import CHECKPOINTS_BUCKET, LEASES_BUCKET, TRANSITIONS_STREAM, partition_stream
+from tests.support.child import ChildProcess
 
-REPO = Path(__file__).resolve().parents[2]
 RULES = """\
 rules:
   - name: cl_overspeed
@@ -57,16 +53,18 @@ def start_nats(base: Path, partitions: int) -> list[NatsNodeProcess]:
     return nodes
 
 
-class InstanceProc:
+class InstanceProc(ChildProcess):
     """``vigil run`` with a ``cluster:`` section, as a child process (so it can be SIGKILLed)."""
+
+    stop_timeout_s = 20.0
 
     def __init__(self, tmp: Path, name: str, servers: list[str], partitions: int, receiver_url: str,
                  services: tuple[str, ...] = ("rules", "alerting"), rules_text: str = RULES,
                  lease_ttl_s: float = 5.0) -> None:
+        super().__init__(tmp / f"{name}.log")
         self.name = name
         rules = tmp / "rules.yaml"
         rules.write_text(rules_text)
-        self.log_path = tmp / f"{name}.log"
         cfg = {
             "node": name, "state_dir": str(tmp / "state"), "services": list(services), "log_level": "info",
             "rules": {"packs": [], "paths": [str(rules)], "tick_interval_s": 0.5, "reload_interval_s": 0},
@@ -83,33 +81,9 @@ class InstanceProc:
         }
         self.config = tmp / f"{name}.yaml"
         self.config.write_text(yaml.safe_dump(cfg, allow_unicode=True))
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                         start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        self.launch_vigil(["run", "--config", str(self.config)])
 
 
 class Device:

@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -25,6 +22,7 @@ from aiohttp import web
 
 from broker.mosquitto import BrokerLayout, MosquittoProcess, free_port
 from storage.localservers import InfluxdProcess
+from tests.support.child import ChildProcess
 from vigil.watchdog import Watchdog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,35 +124,19 @@ class Receiver:
                 and p["title"].endswith(f"- {NODE}")]
 
 
-class PlatformProc:
+class PlatformProc(ChildProcess):
     """``vigil run`` as a child process (so it can be SIGKILLed)."""
 
+    stop_timeout_s = 30.0
+
     def __init__(self, config: Path, log: Path, state_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.config, self.log_path, self.state_dir = config, log, state_dir
+        super().__init__(log)
+        self.config, self.state_dir = config, state_dir
         self.env = env or {}
         """Extra environment (e.g. libfaketime's ``LD_PRELOAD`` for the platform clock case)."""
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO), **self.env)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "vigil.cli", "run", "--config", str(self.config)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                         start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.launch_vigil(["run", "--config", str(self.config)], self.env)
 
     def _base(self) -> str | None:
         try:
@@ -184,50 +166,27 @@ class PlatformProc:
         m = re.search(rf"^{re.escape(name)}{{[^}}]*}} (\S+)$", text, re.M)
         return float(m.group(1)) if m else None
 
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
     def unexpected_tracebacks(self) -> list[str]:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return [line for line in text.splitlines() if line.startswith("Traceback")]
 
 
-class GatewayProc:
+class GatewayProc(ChildProcess):
     """The suite's gateway (tests/faults/gateway_proc.py) as a child process."""
 
     def __init__(self, world: World, count: int, jump: str = "") -> None:
+        super().__init__(world.tmp / "gateway.log")
         self.world, self.count, self.jump = world, count, jump
         self.data_dir = world.tmp / "gateway"
         self.ledger = world.tmp / "ledger.txt"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        cmd = [sys.executable, str(GATEWAY), "--url", self.world.broker.url, "--data-dir", str(self.data_dir),
+        cmd = [str(GATEWAY), "--url", self.world.broker.url, "--data-dir", str(self.data_dir),
                "--ledger", str(self.ledger), "--count", str(self.count), "--rate", str(self.world.rate),
                "--base-ts", str(self.world.base_ts)]
         if self.jump:
             cmd += ["--jump", self.jump]
-        with open(self.world.tmp / "gateway.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                         start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.launch(cmd)
 
     def published(self) -> set[int]:
         try:

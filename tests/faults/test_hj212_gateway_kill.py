@@ -20,12 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -39,7 +35,8 @@ from broker.mosquitto import free_port
 from broker.mqtt import Message, MqttClient
 from edge.hj212.codec import Hj212Frame, Hj212FrameReader, encode_frame, parse_packet
 from storage.localservers import InfluxdProcess
-from tests.faults.harness import REPO, World, wait_for, world
+from tests.faults.harness import World, wait_for, world
+from tests.support.child import ChildProcess
 
 LOGGERS = 4
 PACKETS = 150
@@ -177,36 +174,19 @@ class Logger:
             lost.set()
 
 
-class GatewayProcess:
+class GatewayProcess(ChildProcess):
     """``vigil edge hj212`` as a child process with a fixed port and a store-and-forward folder."""
 
     def __init__(self, w: World, port: int) -> None:
+        super().__init__(w.tmp / "hj212-gw.log")
         self.w, self.port = w, port
         self.data_dir = w.tmp / "hj212-gw"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        cmd = [sys.executable, "-m", "vigil.cli", "edge", "hj212", "--mqtt", self.w.broker.url,
+        cmd = ["edge", "hj212", "--mqtt", self.w.broker.url,
                "--listen", f"127.0.0.1:{self.port}", "--data-dir", str(self.data_dir), "--gateway-name", "hj212-f",
                "--accept-unknown-devices", "--no-downlink"]
-        with open(self.w.tmp / "hj212-gw.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env,
-                                         start_new_session=True)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.launch_vigil(cmd)
 
 
 @pytest.fixture(scope="module")
