@@ -9,7 +9,10 @@ resolved state is published not retained, then the retained message is cleared w
 payload, so consumers must skip empty payloads.
 
 ``DeliveryWorkers``: outbox ids in, each delivered through the sender as its own task, every attempt
-logged. A full queue leaves new ids pending in the outbox; they are read back when it drains. Each
+logged. An id committed while nothing waits in the send queue starts at once, in the committing callback:
+its first attempt reaches the channel's thread before the event loop turns again (a queue read and a
+task start would each wait behind whatever else is ready, under load a telemetry batch apiece). A full
+queue leaves new ids pending in the outbox; they are read back when it drains. Each
 delivery's outcome lands in the notification log: ``sent``, or ``dead`` with the last failure, counted
 by whether it was permanent (no retry could help) or recoverable (retries ran out), and by reason.
 """
@@ -18,14 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from alerting.lifecycle import AlertRecord, to_contract
-from alerting.sender import AppriseSender, Attempt, Message
-from alerting.store import AlertStore
+from alerting.sender import AppriseSender, Attempt, Message, Started
+from alerting.store import AlertStore, NotificationRow
 from broker.contracts import Alert, alert_topic, encode
 from broker.mqtt import MqttClient
 
@@ -88,6 +93,26 @@ class AlertPublisher:
             self.watchers.discard(q)
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """An outbox entry being delivered: its row, the recipient's channels and the message."""
+
+    nid: int
+    row: NotificationRow
+    channels: list[str]
+    msg: Message
+
+
+class SendGuard(Protocol):
+    """Asked before and told after each send (a cluster instance: was it sent by an earlier alerting holder?)."""
+
+    async def sent_elsewhere(self, row: NotificationRow) -> bool:
+        """True when the notification was already delivered elsewhere: it is then marked sent, not sent again."""
+
+    async def record_sent(self, row: NotificationRow) -> None:
+        """The notification was delivered here."""
+
+
 class DeliveryWorkers:
     """The bounded send queue between the outbox and the sender."""
 
@@ -109,6 +134,10 @@ class DeliveryWorkers:
         self._recv_at: dict[int, float] = {}
         self._inflight: set[int] = set()
         self._queued: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None
+        """Deliveries running, while ``run`` runs (None otherwise: nothing starts outside the queue then)."""
+        self.guard: SendGuard | None = None
+        """Consulted around every send (its check is asynchronous, so guarded sends go through the queue)."""
 
     def stage(self, nid: int, received_at: float | None = None) -> None:
         """An outbox id to send once the transaction that wrote it is committed."""
@@ -127,8 +156,38 @@ class DeliveryWorkers:
         if self.queue is None or self.queue.full():
             self.backlog = True  # stays pending in the outbox; re-read when the queue drains
             return
+        if self.queue.empty() and self._launch(nid):
+            return
         self.queue.put_nowait(nid)
         self._queued.add(nid)
+
+    def _launch(self, nid: int) -> bool:
+        """Start delivering ``nid`` now (its first attempt handed to the sender in this callback); False when it
+        must go through the queue: ``run`` is not running, or a guard must be asked first (a cluster instance
+        checks, asynchronously, whether another instance sent it)."""
+        if self._tasks is None or self.guard is not None:
+            return False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # committed outside the loop's thread: run() takes it from the queue
+            return False
+        try:
+            job = self._begin(nid)
+            started = self.sender.start(job.channels, job.msg) if job is not None else None
+        except Exception:  # the queue's path reads the row again and reports what fails there
+            self.counters["sender_errors"] += 1
+            log.exception("alerting: starting notification %d failed; queued instead", nid)
+            return False
+        if job is not None:
+            self._inflight.add(nid)
+            self._spawn(nid, lambda: self._finish(job, started))
+        return True
+
+    def _spawn(self, nid: int, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        assert self._tasks is not None
+        task = asyncio.create_task(self._guarded(nid, work), name=f"alerting-send-{nid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def requeue_pending(self) -> None:
         """Queue pending outbox rows (at start, and when a full queue has room again)."""
@@ -145,6 +204,9 @@ class DeliveryWorkers:
                 continue
             self.queue.put_nowait(row.id)
             self._queued.add(row.id)
+        if self.queue.full():
+            # The read stops at queue_size rows: more may be pending; read again once there is room.
+            self.backlog = True
         self.store.commit()
 
     def start(self) -> None:
@@ -156,16 +218,15 @@ class DeliveryWorkers:
         """Start every queued delivery as its own task: a delivery waiting on a hung channel holds no
         worker another channel's alert needs (the sender isolates channels; see alerting.sender)."""
         assert self.queue is not None, "call start() first"
-        running: set[asyncio.Task[None]] = set()
+        running = self._tasks = set()
         try:
             while True:
                 nid = await self.queue.get()
                 self._queued.discard(nid)
                 self._inflight.add(nid)
-                task = asyncio.create_task(self._send_one(nid), name=f"alerting-send-{nid}")
-                running.add(task)
-                task.add_done_callback(running.discard)
+                self._spawn(nid, functools.partial(self.send, nid))
         except asyncio.CancelledError:
+            self._tasks = None  # from now on commits leave their ids in the queue / outbox
             # Let deliveries in flight finish (bounded) so a shutdown does not leave them half-recorded.
             if running:
                 await asyncio.wait(running, timeout=self.drain_s)
@@ -173,22 +234,50 @@ class DeliveryWorkers:
                 task.cancel()
             raise
 
-    async def _send_one(self, nid: int) -> None:
+    async def _guarded(self, nid: int, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         try:
-            await self.send(nid)
+            await work()
         except Exception:
             self.counters["sender_errors"] += 1
             log.exception("alerting: delivery of notification %d failed", nid)
         finally:
             self._inflight.discard(nid)
 
-    async def send(self, nid: int) -> None:
-        """Deliver one outbox entry and record its attempts and outcome."""
+    def _begin(self, nid: int) -> _Job | None:
+        """Read an outbox entry still to send and mark it ``sending`` (None: gone, or already settled)."""
         row = self.store.notification(nid)
         if row is None or row.status not in ("pending", "sending"):
-            return
+            return None
         channels = self.channels_of(row.recipient)
         self.store.mark_notification(nid, status="sending")
+        msg = Message(row.title, row.body, row.attach, "success" if row.kind == "resolved" else "failure")
+        return _Job(nid, row, channels, msg)
+
+    async def send(self, nid: int) -> None:
+        """Deliver one outbox entry and record its attempts and outcome."""
+        guard = self.guard
+        if guard is not None:
+            row = self.store.notification(nid)
+            if row is None or row.status not in ("pending", "sending"):
+                return
+            if await guard.sent_elsewhere(row):
+                self.store.mark_notification(nid, status="sent", done_at=self.clock(),
+                                             error="sent by an earlier alerting holder")
+                self.store.commit()
+                self.counters["notifications_sent_elsewhere"] += 1
+                return
+        job = self._begin(nid)
+        if job is None:
+            return
+        await self._finish(job, None)
+        if guard is not None:
+            after = self.store.notification(nid)
+            if after is not None and after.status == "sent":
+                await guard.record_sent(after)
+
+    async def _finish(self, job: _Job, started: Started | None) -> None:
+        """Deliver a begun entry (its first attempt perhaps already running) and record the attempts and outcome."""
+        nid, row, channels, msg = job.nid, job.row, job.channels, job.msg
         count = 0
 
         def on_attempt(a: Attempt) -> None:
@@ -197,8 +286,7 @@ class DeliveryWorkers:
             self.store.add_attempt(nid, a.started_at, a.channel, a.attempt, a.ok, a.error, a.elapsed_ms)
             self.store.commit()
 
-        msg = Message(row.title, row.body, row.attach, "success" if row.kind == "resolved" else "failure")
-        result = await self.sender.deliver(channels, msg, on_attempt)
+        result = await self.sender.deliver(channels, msg, on_attempt, started)
         status = "sent" if result.ok else "dead"
         self.store.mark_notification(nid, status=status, handed_at=result.handed_at, done_at=self.clock(),
                                      attempts=count, channel=result.channel, error=None if result.ok else result.error)

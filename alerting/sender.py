@@ -26,7 +26,7 @@ import logging
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -201,6 +201,10 @@ def _calling_thread_asset() -> apprise.AppriseAsset:
 def apprise_transport(timeout_s: float) -> Transport:
     """The real transport: one Apprise instance per call (plugin objects are not shared across threads).
 
+    Not kept warm on purpose: a plugin object throttles its own requests (112 of Apprise 2.3's 180
+    plugins keep the default of 5.5 s since that object's previous request), so a reused one would
+    hold the second alert of a burst for seconds; building one costs ~0.3 ms of the ~3 ms CPU a send takes.
+
     The call runs in the calling thread (the channel's own): Apprise 2.x otherwise hands every
     service call with a deadline to one process-wide pool of ``cpu + 4`` threads, where a few
     hung channels block every other channel (measured: 1.7-2.0 s delays on a healthy one). The
@@ -242,13 +246,73 @@ def preload_apprise(urls: Iterable[str]) -> list[str]:
     return bad
 
 
+class Slots:
+    """A channel's free sender threads: taken at once when one is free and nobody waits (``try_take``),
+    else waited for in order (``take``). Unlike ``asyncio.Semaphore`` it can be taken without a suspension,
+    so a delivery can reach its thread within the callback that committed it (``AppriseSender.start``)."""
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free and nobody waits for one; whether it was taken."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Take a slot, waiting in order for one (cancellable: a slot handed over at that moment is passed on)."""
+        if self.try_take():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # given a slot just as the wait was cancelled: the next waiter gets it
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the first waiter still waiting, or to the free count."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+    def waiting(self) -> int:
+        """Deliveries waiting for a slot."""
+        return sum(1 for w in self._waiters if not w.done())
+
+
 @dataclass(slots=True)
 class _Lane:
     """One channel's own threads and slots (a slot is held until its thread is free again)."""
 
     executor: ThreadPoolExecutor
-    slots: asyncio.Semaphore
+    slots: Slots
     running: int = 0
+
+
+@dataclass(slots=True)
+class Started:
+    """A first attempt already running in its channel's thread (``AppriseSender.start``), awaited by ``deliver``."""
+
+    url: str
+    msg: Message
+    handed: list[float]
+    future: asyncio.Future[tuple[SendResult, float]]
+    asked: float
+    deadline: float
+    t0: float
+    """``time.perf_counter()`` when it was asked for (the attempt's elapsed time counts from there)."""
 
 
 class AppriseSender:
@@ -286,22 +350,30 @@ class AppriseSender:
         if lane is None:
             lane = self._lanes[url] = _Lane(
                 ThreadPoolExecutor(max_workers=self.lane_threads, thread_name_prefix="apprise-ch"),
-                asyncio.Semaphore(self.lane_threads))
+                Slots(self.lane_threads))
         return lane
 
-    async def _attempt(self, url: str, msg: Message, handed: list[float]) -> tuple[SendResult, float]:
-        """One try on one channel, within ``timeout_s`` counted from now (waiting for the channel included)."""
-        loop = asyncio.get_running_loop()
+    def start(self, channels: list[str], msg: Message) -> Started | None:
+        """Hand the first attempt on the first channel to its thread now, when a slot is free and there is no
+        snapshot to fetch first; ``deliver(..., started=)`` then awaits it. None: nothing started (``deliver``
+        does it all). Called from the callback that committed the notification, this saves the event-loop
+        turns a task would wait before reaching the thread (each one a telemetry batch under load)."""
+        if not channels or msg.attach:
+            return None
+        url = channels[0]
         lane = self._lane(url)
-        asked = time.time()
-        timeout = self.retry.timeout_s
-        deadline = loop.time() + timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                await lane.slots.acquire()
-        except TimeoutError:
-            self.counters["channel_busy"] += 1
-            return Failed("channel_busy", True, f"channel busy: no free sender within {timeout:g} s"), asked
+        if not lane.slots.try_take():
+            return None
+        loop = asyncio.get_running_loop()
+        handed: list[float] = []
+        t0, asked = time.perf_counter(), time.time()
+        msg = Message(msg.title, msg.body, None, msg.notify_type)
+        future = self._submit(loop, lane, url, msg, handed)
+        return Started(url, msg, handed, future, asked, loop.time() + self.retry.timeout_s, t0)
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, lane: _Lane, url: str, msg: Message,
+                handed: list[float]) -> asyncio.Future[tuple[SendResult, float]]:
+        """Run one call in the lane's thread (its slot already taken); the slot is freed when the thread is."""
         lane.running += 1
 
         def freed(_f: object) -> None:
@@ -314,12 +386,31 @@ class AppriseSender:
 
         fut = lane.executor.submit(self._call, url, msg, handed)
         fut.add_done_callback(freed)
+        return asyncio.wrap_future(fut, loop=loop)
+
+    async def _result(self, future: asyncio.Future[tuple[SendResult, float]], deadline: float,
+                      asked: float) -> tuple[SendResult, float]:
         try:
             async with asyncio.timeout_at(deadline):
-                return await asyncio.wrap_future(fut)
+                return await future
         except TimeoutError:
             self.counters["timeouts"] += 1
-            return Failed("timeout", True, f"timeout after {timeout:g} s"), asked
+            return Failed("timeout", True, f"timeout after {self.retry.timeout_s:g} s"), asked
+
+    async def _attempt(self, url: str, msg: Message, handed: list[float]) -> tuple[SendResult, float]:
+        """One try on one channel, within ``timeout_s`` counted from now (waiting for the channel included)."""
+        loop = asyncio.get_running_loop()
+        lane = self._lane(url)
+        asked = time.time()
+        timeout = self.retry.timeout_s
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lane.slots.take()
+        except TimeoutError:
+            self.counters["channel_busy"] += 1
+            return Failed("channel_busy", True, f"channel busy: no free sender within {timeout:g} s"), asked
+        return await self._result(self._submit(loop, lane, url, msg, handed), deadline, asked)
 
     def _call(self, url: str, msg: Message, handed: list[float]) -> tuple[SendResult, float]:
         start = time.time()
@@ -333,18 +424,21 @@ class AppriseSender:
         return result, start
 
     async def deliver(self, channels: list[str], msg: Message,
-                      on_attempt: Callable[[Attempt], None] | None = None) -> Delivery:
+                      on_attempt: Callable[[Attempt], None] | None = None, started: Started | None = None) -> Delivery:
         """Try each channel in order, each with retries, until one accepts the message.
 
         Args:
             channels: Apprise URLs of the recipient, preferred first.
             msg: the message.
             on_attempt: called after every attempt (for the notification log).
+            started: the first attempt, when ``start`` already handed it to the first channel's thread.
 
         Returns:
             The delivery outcome; errors and channel names are masked.
         """
         out = Delivery(ok=False)
+        if started is not None:
+            return await self._deliver(channels, started.msg, on_attempt, out, started)
         if not channels:
             out.failure = Failed("no_channels", False, "recipient has no channels")
             out.error = out.failure.detail
@@ -378,8 +472,8 @@ class AppriseSender:
         self.counters[f"failed_{failure.reason}"] += 1
 
     async def _deliver(self, channels: list[str], msg: Message, on_attempt: Callable[[Attempt], None] | None,
-                       out: Delivery) -> Delivery:
-        handed: list[float] = []
+                       out: Delivery, started: Started | None = None) -> Delivery:
+        handed: list[float] = started.handed if started is not None else []
         attempts = max(1, self.retry.attempts)
         for url in channels:
             masked = mask_url(url)
@@ -391,9 +485,14 @@ class AppriseSender:
                 # the snapshot is the reason (a channel refusing its size must not stop the alert).
                 if use.attach_file and out.attempts and n == limit and url == channels[-1]:
                     use = Message(msg.title, msg.body, None, msg.notify_type)
-                t0 = time.perf_counter()
-                result, started = await self._attempt(url, use, handed)
-                att = Attempt(masked, n, started, (time.perf_counter() - t0) * 1000, result)
+                if started is not None:  # the first attempt, already running
+                    first, started = started, None
+                    t0 = first.t0
+                    result, began = await self._result(first.future, first.deadline, first.asked)
+                else:
+                    t0 = time.perf_counter()
+                    result, began = await self._attempt(url, use, handed)
+                att = Attempt(masked, n, began, (time.perf_counter() - t0) * 1000, result)
                 out.attempts.append(att)
                 if out.handed_at is None and handed:
                     out.handed_at = handed[0]

@@ -13,12 +13,14 @@ the instances' CPU per message. Phase 2 runs for each instance count given (a fr
 
 Other modes: ``--no-mapping`` (ingest baseline without the partition mapping), ``--native`` (NATS-native
 JetStream publishers instead of MQTT), ``--mqtt-node-kill`` (MQTT QoS 1 devices across a node SIGKILL:
-acknowledged messages missing from the streams), ``--mosquitto-shared`` (how Mosquitto 2 spreads a
-device over the members of a shared subscription).
+acknowledged messages missing from the streams), ``--uplink`` (gateways' NATS uplink, edge/runtime/nats_link.py:
+records/s from their outboxes into the streams, CPU per record), ``--mosquitto-shared`` (how Mosquitto 2
+spreads a device over the members of a shared subscription). The nats-server binary is
+``broker.nats_server.server_binary()`` (``VIGIL_NATS_SERVER=/path/to/nats-server`` picks another).
 
 Run: .venv/bin/python bench/bench_cluster.py [--messages 60000] [--devices 1000] [--instances 1,3]
      [--partitions 12] [--publishers 3] [--qos 0|1] [--skip-drain] [--no-mapping] [--native]
-     [--mqtt-node-kill] [--mosquitto-shared]
+     [--mqtt-node-kill] [--uplink] [--mosquitto-shared]
 """
 
 from __future__ import annotations
@@ -405,6 +407,71 @@ def mqtt_node_kill(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def uplink_publisher(servers: list[str], data_dir: str, devices: int, count: int, window: int, out: Any) -> None:
+    """A gateway's ``NatsEdgeLink`` delivering a backlog of ``count`` outbox records; reports (count, s, CPU s)."""
+    from edge.runtime.identity import EdgeIdentity
+    from edge.runtime.nats_link import NatsEdgeLink
+
+    async def run() -> None:
+        link = NatsEdgeLink(servers, EdgeIdentity.for_gateway("bench-uplink", agent="bench"), Path(data_dir),
+                            max_queued=count + 1, window=window)
+        base = time.time() - 3600
+        items = []
+        for i in range(count):
+            payload = encode(Telemetry(ts=datetime.fromtimestamp(base + i * 0.001, UTC), seq=i, metrics={
+                "speed_mps": 1.0, "floor": float(i % 20), "door_open": 0.0, "load_kg": 300.0, "temperature_c": 25.0}))
+            items.append((f"vigil/v1/elevator/elev-b{i % devices:05d}/telemetry", payload, False))
+        link.outbox.append_many(items, now=time.time())
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await link.start()
+        while len(link.outbox) or link.in_flight:
+            await asyncio.sleep(0.05)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        counters = dict(link.counters)
+        await link.stop()
+        out.put((count, elapsed, cpu, counters))
+
+    asyncio.run(run())
+
+
+def uplink(args: argparse.Namespace) -> dict[str, Any]:
+    """The NATS uplink (edge/runtime/nats_link.py): records/s from a gateway's outbox into the R3 partition streams."""
+    tmp = Path(tempfile.mkdtemp(prefix="vigil-bench-uplink-"))
+    nodes = local_cluster(tmp / "nats", args.partitions)
+    try:
+        for n in nodes:
+            n.start()
+        for n in nodes:
+            n.wait_listening()
+        servers = [n.node.url for n in nodes]
+        asyncio.run(prepare(servers, args.partitions))
+        q: Any = mp.Queue()
+        per = args.messages // args.publishers
+        procs = [mp.Process(target=uplink_publisher, args=(servers[i % 3:] + servers[:i % 3], str(tmp / f"gw{i}"),
+                                                           args.devices, per, args.window, q))
+                 for i in range(args.publishers)]
+        node_cpu0 = sum(cpu_seconds(n.proc.pid) for n in nodes if n.proc)
+        for p in procs:
+            p.start()
+        results = [q.get(timeout=900) for _ in procs]
+        for p in procs:
+            p.join()
+        node_cpu = sum(cpu_seconds(n.proc.pid) for n in nodes if n.proc) - node_cpu0
+        records = sum(r[0] for r in results)
+        stored = asyncio.run(stream_total(servers, args.partitions))
+        return {"uplink_gateways": args.publishers, "window": args.window, "records": records,
+                "stored_in_streams": stored,
+                "records_s": round(records / max(r[1] for r in results)),
+                "gateway_cpu_us_per_record": round(sum(r[2] for r in results) / records * 1e6),
+                "node_cpu_us_per_record_incl_status_and_setup": round(node_cpu / records * 1e6),
+                "retries": sum(r[3]["publish_errors"] for r in results),
+                "server": nodes[0].binary, "load_avg": os.getloadavg()}
+    finally:
+        for n in nodes:
+            n.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=60_000)
@@ -420,6 +487,8 @@ def main() -> None:
                     help="baseline without the partition mapping: one R3 stream takes the device subjects (ingest only)")
     ap.add_argument("--mqtt-node-kill", action="store_true",
                     help="MQTT QoS 1 devices (--devices) across a node SIGKILL: acknowledged messages missing from the streams")
+    ap.add_argument("--uplink", action="store_true",
+                    help="gateways' NATS uplink (--publishers of them, --messages records in all, --window): records/s, CPU")
     ap.add_argument("--mosquitto-shared", action="store_true",
                     help="only measure how Mosquitto's shared subscription spreads a device's messages")
     args = ap.parse_args()
@@ -429,6 +498,9 @@ def main() -> None:
         return
     if args.mosquitto_shared:
         print(json.dumps(mosquitto_shared_spread()), flush=True)
+        return
+    if args.uplink:
+        print(json.dumps(uplink(args)), flush=True)
         return
     for n in (int(x) for x in args.instances.split(",")):
         r = run_once(args, n)

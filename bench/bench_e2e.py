@@ -32,6 +32,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -171,6 +172,13 @@ def others_share(before: dict[str, float], seconds: float) -> str:
     return ", ".join(f"{name} {(after[name] - before[name]) / seconds * 100:.0f}%" for name in OTHERS)
 
 
+def others_per_message(before: dict[str, float], messages: int) -> str:
+    """CPU seconds each other server used since ``before``, and µs of its CPU per message."""
+    after = others_cpu()
+    used = {name: after[name] - before[name] for name in OTHERS}
+    return ", ".join(f"{name} {cpu:.1f} s = {cpu / max(messages, 1) * 1e6:.1f} µs/msg" for name, cpu in used.items())
+
+
 def influx_count(url: str, query: str) -> int:
     q = urllib.parse.urlencode({"db": "vigil", "q": query})
     with urllib.request.urlopen(f"{url}/query?{q}", timeout=30) as resp:
@@ -223,6 +231,9 @@ async def main() -> None:
     ap.add_argument("--partitions", type=int, default=1,
                     help="platform processes, each handling the devices of one partition (mqtt.partition)")
     ap.add_argument("--profile-dir", help="sample the draining platform with py-spy into this folder")
+    ap.add_argument("--influx-batch", type=int, default=20_000, help="storage.writer.batch_points of the platform")
+    ap.add_argument("--influx-gzip", type=int, default=0, help="storage.writer.gzip_level (0: uncompressed)")
+    ap.add_argument("--influx-flush", type=float, default=0.5, help="storage.writer.flush_interval_s of the platform")
     ap.add_argument("--generator", choices=("raw", "sim"), default="raw",
                     help="raw: replayed simulator telemetry over raw sockets (bench/loadgen.py, ~8 µs/msg); "
                          "sim: the simulated fleet through MqttClient (physics per message)")
@@ -283,7 +294,13 @@ async def main() -> None:
                     "services": ["rules", "alerting", "storage"] if part == 0 else ["rules", "storage"],
                     "mqtt": mqtt,
                     "rules": {"packs": ["elevator"], "paths": [str(tmp / "probe.yaml")]},
-                    "storage": {"backend": "influxdb-v1", "influxdb_v1": {"url": influx.url, "database": "vigil"}},
+                    # InfluxDB on the same host: bodies uncompressed (gzip costs the platform CPU and saves
+                    # nothing on loopback) and large writes (influxd's CPU per point falls with the batch size:
+                    # up to 20,000 points, and at 20,000 msg/s a write every 0.5 s carries ~10,000; see
+                    # docs/benchmarks.md, issue 15 session 3).
+                    "storage": {"backend": "influxdb-v1", "influxdb_v1": {"url": influx.url, "database": "vigil"},
+                                "writer": {"batch_points": args.influx_batch, "gzip_level": args.influx_gzip,
+                                           "flush_interval_s": args.influx_flush}},
                     "alerting": {
                         "receivers": [{"name": "duty", "urls": [f"json://127.0.0.1:{recv_port}/duty"]}],
                         "people": [], "escalation_policies": [], "inhibit_rules": [],
@@ -317,7 +334,13 @@ async def main() -> None:
                     await latency_phase(args, sim_url, plat_url, probe_ids, received, platform.pids, tmp / "state")
             finally:
                 platform.terminate()
-                platform.wait(30)
+                try:
+                    platform.wait(60)
+                except subprocess.TimeoutExpired:  # still print the log tail and stop InfluxDB below
+                    print("platform did not stop within 60 s of SIGTERM; killed")
+                    for p in platform.procs:
+                        p.kill()
+                    platform.wait(10)
                 tail = log_path.read_text().splitlines()[-5:]
                 if any("Traceback" in line or "ERROR" in line for line in tail):
                     print("platform log tail:\n" + "\n".join(tail))
@@ -355,6 +378,7 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
         await asyncio.sleep(1)
     done = time.time()
     cpu2, rss = procs_sample(pids)
+    others_per_msg = others_per_message(o0, landed)
     print(f"  published {published:,} in {pub_time:.1f} s = {published / pub_time:,.0f} msg/s (publishers' pace)")
     print(f"  landed in InfluxDB: {landed:,} ({published - landed:,} missing) ; all landed "
           f"{done - pub_done:.1f} s after the last publish; end-to-end {landed / (done - t0):,.0f} points/s")
@@ -364,6 +388,7 @@ async def ingest_phase(args: argparse.Namespace, sim_url: str, influx_url: str, 
           f"{gen_cpu / pub_time * 100:.0f}% ({gen_cpu / max(published, 1) * 1e6:.1f} µs/msg, {args.generator})")
     print(f"  platform CPU per message over the run (publishing + tail): {(cpu2 - cpu0) / max(landed, 1) * 1e6:.0f} µs; "
           f"per process: {per_process_cpu(pids, pcpu0, landed)}")
+    print(f"  CPU per message over the run, other servers: {others_per_msg}")
     print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
 
 
@@ -414,6 +439,7 @@ async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str
     took = time.time() - t0
     state["done"] = True
     others = others_share(o0, took)
+    others_per_msg = others_per_message(o0, landed)
     if spy is not None:
         spy.send_signal(2)
         spy.wait(30)
@@ -421,6 +447,8 @@ async def capacity_phase(args: argparse.Namespace, sim_url: str, influx_url: str
     print(f"  {landed:,} of {published:,} landed {took:.1f} s after the platform started (includes its start-up): "
           f"{landed / took:,.0f} msg/s; platform CPU {cpu0:.1f} s = {cpu0 / took * 100:.0f}% of one core, "
           f"{cpu0 / max(landed, 1) * 1e6:.0f} µs of CPU per message; meanwhile {others}")
+    print(f"  CPU per message of the drain, per process: platform {cpu0 / max(landed, 1) * 1e6:.1f} µs, "
+          f"{others_per_msg} (mosquitto: delivering the queued messages to the platform); load average {os.getloadavg()[0]:.2f}")
     # Steady state, without start-up: between 20% and 90% of the backlog landed.
     window = [x for x in samples if 0.2 * published <= x[2] <= 0.9 * published]
     if len(window) >= 2 and window[-1][2] > window[0][2]:
@@ -474,9 +502,15 @@ async def one_probe(probe: MqttClient, dev: str, channel: str, received: list[tu
     while time.time() < deadline:
         for t_recv, body in received[before:]:
             if dev in json.dumps(body, ensure_ascii=False):
+                ARRIVED[dev] = t_recv
                 return (t_recv - t_pub) * 1000
         await asyncio.sleep(0.002)
     return None
+
+
+ARRIVED: dict[str, float] = {}
+"""Probe device -> wall time its notification reached the HTTP receiver (joined with alerting's log by device)."""
+PROBE_ID = re.compile(r"probe-[a-z]-\d{4}")
 
 
 def print_legs(legs: dict[str, list[float]]) -> None:
@@ -491,7 +525,8 @@ async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, p
                         received: list[tuple[float, dict[str, Any]]], pids: list[int], state_dir: Path) -> None:
     half = args.devices * args.rate / 2
     duration = max(30.0, args.probes * 0.25 + 10)
-    print(f"\n[latency] fleet at {half:,.0f} msg/s for {duration:.0f} s; {len(probe_ids)} probes")
+    print(f"\n[latency] fleet at {half:,.0f} msg/s for {duration:.0f} s; {len(probe_ids)} probes; "
+          f"load average {os.getloadavg()[0]:.2f}")
     out = run_fleets(sim_url, args.devices, args.rate / 2, duration, args.publishers, "lat")
     await asyncio.sleep(3)
     lat: dict[str, list[float]] = {"telemetry": [], "event": []}
@@ -515,13 +550,16 @@ async def latency_phase(args: argparse.Namespace, sim_url: str, plat_url: str, p
               f"GC pauses >= 10 ms: {lp['gc_pauses_over_10ms']:.0f}, worst full collection {lp['gc_gen2_max_ms']:.0f} ms "
               f"({lp['gc_gen2_collections']:.0f} full collections)")
     print(f"  transition received -> handed to Apprise (alerting's own clock): p50 {al.get('handoff_internal_ms_p50', 0):.1f} ms,"
-          f" p99 {al.get('handoff_internal_ms_p99', 0):.1f} ms (all alerts of the run)")
+          f" p99 {al.get('handoff_internal_ms_p99', 0):.1f} ms (all alerts of the run); transitions "
+          f"{al.get('transitions', 0):.0f}, notifications queued {al.get('notifications_queued', 0):.0f}, sent "
+          f"{al.get('notifications_sent', 0):.0f}, open alerts {al.get('open_alerts', 0):.0f}")
     for channel, values in lat.items():
         if values:
             print(f"  {channel} probes, publish -> notification received over HTTP (Apprise json://): n={len(values)} "
                   f"p50 {statistics.median(values):.1f} ms, p99 {pct(values, 99):.1f} ms, max {max(values):.1f} ms")
     missing = len(probe_ids) - sum(len(v) for v in lat.values())
-    print(f"  probes without a notification within 10 s: {missing}; platform RSS {rss / 2**20:.0f} MiB")
+    print(f"  probes without a notification within 10 s: {missing}; platform RSS {rss / 2**20:.0f} MiB; "
+          f"load average {os.getloadavg()[0]:.2f}")
     for prefix, channel in (("probe-t-", "telemetry"), ("probe-e-", "event")):
         print(f"  [{channel} probes]")
         print_legs(probe_legs(state_dir / "bench" / "alerting" / "alerting.sqlite3", prefix))
@@ -536,7 +574,7 @@ def probe_legs(db_path: Path, prefix: str = "probe-") -> dict[str, list[float]]:
         return {}
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT source_ts, received_at, created_at, handed_at FROM notifications "
+        rows = db.execute("SELECT source_ts, received_at, created_at, handed_at, title FROM notifications "
                           "WHERE kind = 'firing' AND (title LIKE ? OR body LIKE ?) AND handed_at IS NOT NULL "
                           "AND source_ts IS NOT NULL AND received_at IS NOT NULL",
                           (f"%{prefix}%", f"%{prefix}%")).fetchall()
@@ -544,11 +582,20 @@ def probe_legs(db_path: Path, prefix: str = "probe-") -> dict[str, list[float]]:
         db.close()
     legs: dict[str, list[float]] = {"publish -> rules received": [], "rules received -> notification": [],
                                     "notification -> handed to Apprise": [], "publish -> handed to Apprise": []}
-    for src, recv, created, handed in rows:
+    to_http: list[float] = []
+    end_to_end: list[float] = []
+    for src, recv, created, handed, title in rows:
         legs["publish -> rules received"].append((recv - src) * 1000)
         legs["rules received -> notification"].append((created - recv) * 1000)
         legs["notification -> handed to Apprise"].append((handed - created) * 1000)
         legs["publish -> handed to Apprise"].append((handed - src) * 1000)
+        m = PROBE_ID.search(title or "")
+        if m is not None and m.group(0) in ARRIVED:
+            to_http.append((ARRIVED[m.group(0)] - handed) * 1000)
+            end_to_end.append((ARRIVED[m.group(0)] - src) * 1000)
+    if to_http:
+        legs["handed to Apprise -> HTTP received"] = to_http
+        legs["publish -> HTTP received"] = end_to_end
     return legs if rows else {}
 
 

@@ -335,7 +335,8 @@ _VALID_METRIC_NAMES: set[str] = set()
 def _telemetry(wire: _TelemetryWire) -> Telemetry:
     """The ``Telemetry`` of a decoded message, refusing a metric name the contract does not allow."""
     valid = _VALID_METRIC_NAMES
-    for name in wire.metrics:
+    # A fleet's messages carry names already seen: one set operation in C instead of a loop per name.
+    for name in () if valid.issuperset(wire.metrics) else wire.metrics:
         if name not in valid:
             if not _METRIC_NAME_RE.search(name):  # search, as msgspec applies a pattern
                 raise Rejected(RejectReason.SCHEMA, f"Expected `str` matching regex {METRIC_NAME_PATTERN!r} - "

@@ -23,6 +23,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Final
 
 from broker.contracts import (
     MAX_PAYLOAD_BYTES,
@@ -48,6 +49,22 @@ _ALARM_SUFFIXES = (f"/{Channel.EVENT.value}", f"/{Channel.STATUS.value}")
 _PLATFORM_PREFIXES = tuple(f"{TOPIC_ROOT}/{p}/" for p in ("transitions", "alerts", "deadletter", "gateways"))
 
 DeviceConsumer = Callable[[list[DeviceMessage]], None]
+
+
+class _Verdict:
+    """A topic whose messages are not decoded (see ``_SKIP`` and ``_OTHER_PARTITION``)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_SKIP: Final = _Verdict("skip")
+"""Not device input here (platform topics, commands, the other lane's channels): neither decoded nor counted."""
+_OTHER_PARTITION: Final = _Verdict("other partition")
+"""A device of another partition: counted in ``other_partition``."""
+_TopicPlan = DeviceTopic | tuple[RejectReason, str] | _Verdict
 
 
 def partition_of(device_id: str, count: int) -> int:
@@ -96,11 +113,15 @@ class RegisteredDevices:
             return None
 
     def __call__(self, device_id: str) -> bool:
+        self.refresh_if_due()
+        return device_id in self.devices
+
+    def refresh_if_due(self) -> None:
+        """Re-read the file if it changed and ``check_every_s`` passed since the last look."""
         now = time.monotonic()
         if now >= self._next_check:
             self._next_check = now + self._check_every
             self._refresh()
-        return device_id in self.devices
 
     def _refresh(self) -> bool:
         from broker.registry import DeviceRegistry, RegistryError
@@ -149,6 +170,9 @@ class DeviceIngest:
         self._mine: dict[str, bool] = {}
         self._topics: dict[str, DeviceTopic | tuple[RejectReason, str]] = {}
         """Parsed device topics (a fleet has a few per device; parsing is a split and a regex)."""
+        self._lanes: tuple[dict[str, _TopicPlan], dict[str, _TopicPlan]] = ({}, {})
+        """Per lane (index: whether the lane skips alarm channels), what to do with a topic: the checks
+        before decoding depend only on the topic, so they run once per topic, not once per message."""
         self.fleet = known_device if isinstance(known_device, RegisteredDevices) and self.partition else None
         """With a partition and a registry: subscribe per device, so the broker sends only this partition's."""
         self.subscribed: dict[str, str] = {}
@@ -241,28 +265,53 @@ class DeviceIngest:
         self._topics[topic] = parsed
         return parsed
 
+    def _plan(self, topic: str, skip_alarms: bool) -> _TopicPlan:
+        """What every message on ``topic`` gets in this lane (cached per lane, bounded)."""
+        plan: _TopicPlan
+        # Platform topics of the same depth (transitions) and commands to devices are not input.
+        if topic.startswith(_PLATFORM_PREFIXES) or topic.endswith("/command"):
+            plan = _SKIP
+        elif skip_alarms and topic.endswith(_ALARM_SUFFIXES):
+            plan = _SKIP  # the alarm lane's session receives these
+        elif self.partition is not None and not self._is_mine(topic):
+            plan = _OTHER_PARTITION
+        else:
+            parsed = self._topics.get(topic)
+            plan = parsed if parsed is not None else self._parse(topic)
+        lane = self._lanes[skip_alarms]
+        if len(lane) > 500_000:
+            lane.clear()
+        lane[topic] = plan
+        return plan
+
     def _handle(self, batch: list[Message], skip_alarms: bool) -> None:
         good: dict[Channel, list[DeviceMessage]] = {}
-        decode, limit, known, topics = decode_device_payload, self.max_payload, self.known_device, self._topics
-        partitioned = self.partition is not None
+        decode, limit, known = decode_device_payload, self.max_payload, self.known_device
+        lane = self._lanes[skip_alarms]
+        devices: frozenset[str] | None = None
+        if isinstance(known, RegisteredDevices):
+            # One look at the registry file per batch; then a set lookup per message.
+            known.refresh_if_due()
+            devices = known.devices
         for msg in batch:
             topic = msg.topic
-            # Platform topics of the same depth (transitions) and commands to devices are not input.
-            if topic.startswith(_PLATFORM_PREFIXES) or topic.endswith("/command"):
-                continue
-            if skip_alarms and topic.endswith(_ALARM_SUFFIXES):
-                continue  # the alarm lane's session receives these
-            if partitioned and not self._is_mine(topic):
-                self.other_partition += 1
-                continue
-            parsed = topics.get(topic)
-            if parsed is None:
-                parsed = self._parse(topic)
+            plan = lane.get(topic)
+            if plan is None:
+                plan = self._plan(topic, skip_alarms)
+            if plan.__class__ is not DeviceTopic:
+                if plan is _SKIP:
+                    continue
+                if plan is _OTHER_PARTITION:
+                    self.other_partition += 1
+                    continue
             try:
-                if isinstance(parsed, tuple):
-                    raise Rejected(*parsed)
-                dm = decode(parsed, msg.payload, limit, msg.received_at)
-                if known is not None and not known(dm.device_id):
+                if isinstance(plan, tuple):
+                    raise Rejected(*plan)
+                dm = decode(plan, msg.payload, limit, msg.received_at)  # type: ignore[arg-type]
+                if devices is not None:
+                    if dm.device_id not in devices:
+                        raise Rejected(RejectReason.UNKNOWN_DEVICE, f"device {dm.device_id!r} is not registered")
+                elif known is not None and not known(dm.device_id):
                     raise Rejected(RejectReason.UNKNOWN_DEVICE, f"device {dm.device_id!r} is not registered")
             except Rejected as exc:
                 self.reject(msg, exc.reason, exc.detail)

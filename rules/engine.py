@@ -30,7 +30,7 @@ anchors with it (``shift_wall``), so silence and pending timers keep their lengt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -44,11 +44,12 @@ from broker.contracts import (
     Transition,
 )
 from broker.registry import DeviceRegistry, RegistryError
-from rules.conditions.base import CLEAR, FIRE, HOLD, Condition, EvalContext, Signal
+from rules.conditions.base import CLEAR, FIRE, HOLD, Condition, EvalContext, Signal, Steady
 from rules.conditions.basic import AbsenceCondition
 from rules.emission_limits import check_registry
 from rules.model import Rule, missing_required_attributes
 from rules.periods import PERIOD_METRIC, PERIOD_SECONDS, period_of
+from rules.steady import NOTHING, STALE, TelemetryPlan, changed_keys, rule_steady, scalar_types
 
 INACTIVE: Final = 0
 PENDING: Final = 1
@@ -59,6 +60,8 @@ _NO_SLOTS: Final[list[Any]] = []
 _NO_PARAMS: Final[dict[str, Any]] = {}
 _NO_PERIODS: Final[dict[str, float]] = {}
 """Shared by devices that never sent a period record (most devices): keeps their state small."""
+_ANY_FLAG: Final = "\x00flags"
+"""``RuleEngine._readers`` key of the rules reading data flags (not a metric name a device can send)."""
 TICK_SLICE_DEVICES: Final = 64
 """``tick_slices`` yields after this many devices."""
 
@@ -66,8 +69,8 @@ TICK_SLICE_DEVICES: Final = 64
 class RuleState:
     """One rule's state for one device."""
 
-    __slots__ = ("clear_since", "digest", "flapping", "flaps", "params", "phase", "published", "published_ts", "signal",
-                 "since", "slots", "started_at", "values")
+    __slots__ = ("clear_since", "digest", "flapping", "flaps", "memo", "params", "phase", "published", "published_ts",
+                 "signal", "since", "slots", "started_at", "values")
 
     def __init__(self, rule: Rule, params: dict[str, Any]) -> None:
         self.phase = INACTIVE
@@ -85,13 +88,16 @@ class RuleState:
         """Device time of the last published transition (a later one never carries an older time)."""
         self.values: dict[str, Any] = _NO_PARAMS
         self.digest = rule.digest
+        self.memo: Signal = STALE
+        """The condition's last signal on in-order telemetry, reusable while its inputs stay (rules.steady)."""
 
 
 class DeviceState:
     """What the engine knows about one device."""
 
-    __slots__ = ("device_id", "event_ts", "kind", "last_rx", "last_ts", "metrics", "period_end", "periods",
-                 "quality", "rule_cache", "rules", "seen_rx", "site", "status_ts")
+    __slots__ = ("device_id", "event_ts", "kind", "last_plan", "last_rx", "last_ts", "last_types",
+                 "metrics", "period_end", "periods", "plans", "quality", "rule_cache", "rules", "seen_rx", "settled",
+                 "site", "status_ts")
 
     def __init__(self, device_id: str, kind: Kind, site: str | None) -> None:
         self.device_id = device_id
@@ -114,6 +120,22 @@ class DeviceState:
         """End of the newest period record (the device's clock when it sends period data only)."""
         self.rules: dict[str, RuleState] = {}
         self.rule_cache: dict[Any, list[Rule]] = {}
+        self.plans: dict[tuple[str, ...], TelemetryPlan] = {}
+        self.last_plan: TelemetryPlan | None = None
+        """The plan of the last in-order telemetry (its metrics, in order)."""
+        self.last_types: tuple[type, ...] | None = None
+        """The types of the values that telemetry stored, in order (None: not known, or not all scalars)."""
+        self.settled: TelemetryPlan | None = None
+        """The plan whose every rule reused or recorded its signal, untouched by the state machine, on the
+        device's last telemetry: the same values again change nothing (any other evaluation resets it)."""
+
+    def forget(self) -> None:
+        """Drop the cached rule lists and reusable signals (rules, scope or state changed from outside)."""
+        self.rule_cache.clear()
+        self.plans.clear()
+        self.settled = self.last_plan = self.last_types = None
+        for rs in self.rules.values():
+            rs.memo = STALE
 
 
 @dataclass
@@ -128,6 +150,8 @@ class EngineCounters:
     ticks: int = 0
     errors: int = 0
     """Messages or tick evaluations that raised (a bug in a condition); counted, the stream goes on."""
+    reused: int = 0
+    """Evaluations saved: nothing the rule reads changed since its last signal, which was reused (rules.steady)."""
 
 
 @dataclass
@@ -172,8 +196,11 @@ def _dt(ts: float) -> datetime:
 class RuleEngine:
     """Evaluates rules over device messages; keeps per-device, per-rule state."""
 
-    def __init__(self, rules: Iterable[Rule], registry: DeviceRegistry | None = None) -> None:
+    def __init__(self, rules: Iterable[Rule], registry: DeviceRegistry | None = None, reuse: bool = True) -> None:
         self.registry = registry
+        self.reuse = reuse
+        """Reuse a steady rule's last signal on telemetry that changed nothing it reads (rules.steady); False
+        evaluates every candidate rule on every message (the tests compare the two)."""
         self.rules: dict[str, Rule] = {}
         self.devices: dict[str, DeviceState] = {}
         self.counters = EngineCounters()
@@ -190,6 +217,12 @@ class RuleEngine:
         self._by_kind: dict[Kind, list[DeviceState]] = {}
         """Devices by kind, so the tick visits only devices a time-driven rule can apply to."""
         self._index = _Index()
+        self._steady: dict[str, tuple[Condition, Condition | None, Steady | None]] = {}
+        """What each rule's signal on in-order telemetry depends on, by the condition objects it was computed for."""
+        self._plans: dict[tuple[Any, ...], TelemetryPlan] = {}
+        self._readers: dict[str, dict[str, list[Rule]]] = {}
+        """Steady rules by kind and the metric they read (``_ANY_FLAG``: they read data flags), triggers or not."""
+        """Telemetry plans by kind, metrics and the rules that apply (shared by the devices that meet them)."""
         self.owns: Callable[[str], bool] | None = None
         """With partitions: whether this process handles a device (absence is watched only for its own)."""
         rules = list(rules)
@@ -211,7 +244,7 @@ class RuleEngine:
         new = {r.name: r for r in rules}
         out: list[Transition] = []
         for dev in self.devices.values():
-            dev.rule_cache.clear()
+            dev.forget()
             for name in list(dev.rules):
                 rs = dev.rules[name]
                 rule = new.get(name)
@@ -227,6 +260,19 @@ class RuleEngine:
                     self._reset_changed(rule, dev, rs)
         self.rules = new
         self._index = _Index.build(rules)
+        self._steady.clear()
+        self._plans.clear()
+        self._readers.clear()
+        for r in rules:
+            steady = self._steady_of(r)
+            if steady is None:
+                continue
+            for kind in sorted(r.kinds):
+                readers = self._readers.setdefault(kind, {})
+                for metric in steady.metrics:
+                    readers.setdefault(metric, []).append(r)
+                if steady.flags:
+                    readers.setdefault(_ANY_FLAG, []).append(r)
         return out
 
     def _reset_changed(self, rule: Rule, dev: DeviceState, rs: RuleState) -> None:
@@ -234,6 +280,7 @@ class RuleEngine:
         rs.slots = [None] * rule.slots
         rs.digest = rule.digest
         rs.params = self._params(rule, dev.device_id)
+        rs.memo = STALE
         if rs.phase == PENDING:
             rs.phase = INACTIVE
         elif rs.phase == CLEARING:
@@ -262,7 +309,7 @@ class RuleEngine:
             self._by_kind.setdefault(dev.kind, []).append(dev)
         elif site is not None and dev.site is None:
             dev.site = site
-            dev.rule_cache.clear()
+            dev.forget()
         return dev
 
     # ------------------------------------------------------------------ messages
@@ -286,10 +333,15 @@ class RuleEngine:
         kind = msg.kind if isinstance(msg.kind, Kind) else Kind(msg.kind)
         # Never later than now: a message stamped before a backward step of the wall clock would otherwise
         # pull last-heard back into the pre-step time and blind absence for the length of the step.
-        received = min(msg.received_at or now, now)
+        received = msg.received_at or now
+        if received > now:
+            received = now
         if isinstance(payload, Telemetry):
-            dev = self._device(msg.device_id, kind, payload.site)
-            dev.seen_rx = max(dev.seen_rx, received)
+            dev = self.devices.get(msg.device_id)
+            if dev is None or (payload.site is not None and dev.site is None):
+                dev = self._device(msg.device_id, kind, payload.site)
+            if received > dev.seen_rx:
+                dev.seen_rx = received
             ts = payload.ts.timestamp()
             metrics = payload.metrics
             # (most telemetry is not a period record: look for its marker before calling out)
@@ -297,34 +349,55 @@ class RuleEngine:
             if cn is not None:
                 self._process_period(dev, cn, payload, kind, ts, now, received, out)
                 return
-            late = ts < dev.last_ts
-            if not late:
-                dev.metrics.update(metrics)
-                if payload.quality:
-                    dev.quality.update(payload.quality)
-                dev.last_ts = ts
-            else:
+            if ts < dev.last_ts:
                 self.counters.late += 1
-            dev.last_rx = max(dev.last_rx, received)
-            key = tuple(metrics)
-            rules = dev.rule_cache.get(key)
-            if rules is None:
-                by_metric = self._index.by_metric.get(kind, {})
-                cands: dict[str, Rule] = {}
-                for metric in metrics:
-                    for r in by_metric.get(metric, ()):
-                        cands[r.name] = r
-                for r in self._index.any_telemetry.get(kind, ()):
-                    cands[r.name] = r
-                rules = self._rules_for(dev, key, list(cands.values()))
-            if not rules:
+                dev.last_rx = max(dev.last_rx, received)
+                plan = dev.plans.get(tuple(metrics)) or self._plan(dev, kind, metrics)
+                if plan.rules:
+                    ctx = EvalContext(msg.device_id, kind, ts, {**dev.metrics, **metrics},
+                                      {**dev.quality, **(payload.quality or {})}, {}, now, dev.last_rx,
+                                      sample=False, late=True, message_metrics=metrics)
+                    self._run(plan.rules, dev, ctx, received, out)
                 return
-            ctx = EvalContext(msg.device_id, kind, ts, dev.metrics, dev.quality, {}, now, dev.last_rx,
-                              sample=not late, late=late, message_metrics=metrics)
-            if late:
-                ctx.metrics = {**dev.metrics, **metrics}
-                ctx.quality = {**dev.quality, **(payload.quality or {})}
-            self._run(rules, dev, ctx, received, out)
+            plan = dev.plans.get(tuple(metrics)) or self._plan(dev, kind, metrics)
+            changed: Collection[str]
+            if plan is dev.last_plan and metrics.items() <= dev.metrics.items():
+                # The same metrics as the last message, with values equal to the known ones (at C speed): unchanged
+                # if their types are those the last message stored too.
+                types = tuple(map(type, metrics.values()))
+                if types == dev.last_types:
+                    changed = NOTHING
+                else:
+                    changed = changed_keys(dev.metrics, metrics)
+                    dev.last_types = scalar_types(types)
+            else:
+                changed = changed_keys(dev.metrics, metrics)
+                dev.last_plan = plan
+                dev.last_types = None
+            dev.metrics.update(metrics)  # (always: an equal value still replaces the old one, as -0.0 renders)
+            flags: Collection[str] = NOTHING
+            if payload.quality:
+                flags = changed_keys(dev.quality, payload.quality)
+                dev.quality.update(payload.quality)
+            dev.last_ts = ts
+            if received > dev.last_rx:
+                dev.last_rx = received
+            last_rx = dev.last_rx
+            if changed or flags:
+                for name, steady in plan.bystanders:
+                    if not (steady.metrics.isdisjoint(changed) and steady.flags.isdisjoint(flags)):
+                        rs = dev.rules.get(name)
+                        if rs is not None:
+                            rs.memo = STALE
+                        dev.settled = None
+            elif dev.settled is plan and now - last_rx < plan.heard_within:
+                # Nothing changed and every rule reused its signal without a step last time: nothing to do.
+                self.counters.reused += len(plan.entries)
+                return
+            if plan.entries:
+                ctx = EvalContext(msg.device_id, kind, ts, dev.metrics, dev.quality, {}, now, last_rx,
+                                  message_metrics=metrics)
+                self._run_telemetry(plan, dev, ctx, changed, flags, received, out)
         elif isinstance(payload, DeviceEvent):
             # Events keep their own clock: an edge agent's detection may carry a timestamp a little
             # older than the telemetry already received, and must not be dropped as late for it.
@@ -394,15 +467,105 @@ class RuleEngine:
                           sample_ts=start)
         self._run(rules, dev, ctx, received, out)
 
+    def _plan(self, dev: DeviceState, kind: Kind, metrics: dict[str, Any]) -> TelemetryPlan:
+        """The rules telemetry with these metrics meets on this device (once per device and set of metrics)."""
+        key = tuple(metrics)
+        by_metric = self._index.by_metric.get(kind, {})
+        cands: dict[str, Rule] = {}
+        for metric in metrics:
+            for r in by_metric.get(metric, ()):
+                cands[r.name] = r
+        for r in self._index.any_telemetry.get(kind, ()):
+            cands[r.name] = r
+        # Rules this message does not trigger that still read one of its metrics, or any data flag (bystanders).
+        readers = self._readers.get(kind, {})
+        maybe: dict[str, Rule] = {}
+        for metric in (*metrics, _ANY_FLAG):
+            for r in readers.get(metric, ()):
+                if r.name not in cands:
+                    maybe[r.name] = r
+        device = self.registry.device(dev.device_id) if self.registry is not None else None
+        rules = [r for r in cands.values() if r.applies_to(dev.device_id, dev.kind, dev.site, device)]
+        others = [r for r in maybe.values() if r.applies_to(dev.device_id, dev.kind, dev.site, device)]
+        # Devices of one kind and scope meet the same plan: share it (built once, not once per device).
+        shared = (kind, key, tuple(r.name for r in rules), tuple(r.name for r in others))
+        plan = self._plans.get(shared)
+        if plan is None:
+            if len(self._plans) >= 10_000:
+                self._plans.clear()  # (devices inventing metric names: bounded, rebuilt on demand)
+            steady = {r.name: self._steady_of(r) for r in (*rules, *others)}
+            plan = self._plans[shared] = TelemetryPlan(rules, steady, others, key)
+        dev.plans[key] = plan
+        return plan
+
+    def _steady_of(self, rule: Rule) -> Steady | None:
+        """What the rule's signal on in-order telemetry depends on (cached per condition object)."""
+        if not self.reuse:
+            return None
+        cached = self._steady.get(rule.name)
+        if cached is None or cached[0] is not rule.condition or cached[1] is not rule.clear:
+            cached = self._steady[rule.name] = (rule.condition, rule.clear, rule_steady(rule))
+        return cached[2]
+
+    def _run_telemetry(self, plan: TelemetryPlan, dev: DeviceState, ctx: EvalContext, changed: Collection[str],
+                       flags: Collection[str], received: float, out: list[Transition]) -> None:
+        """``_run`` for in-order telemetry: a steady rule whose inputs did not change reuses its last signal."""
+        states = dev.rules
+        dev.settled = None  # (stays so if a step raises)
+        settled = True
+        since_heard = ctx.now_wall - ctx.last_rx
+        evaluated = 0
+        # (a rule that is not steady has heard_within -inf: always evaluated, never recorded)
+        for rule, name, evaluate, clear, reads, flag_reads, guards, heard_within in plan.entries:
+            rs = states.get(name)
+            if rs is None:
+                rs = states[name] = RuleState(rule, self._params(rule, dev.device_id))
+            ctx.params = rs.params
+            if ctx.computed:
+                ctx.computed = {}
+            sig = rs.memo
+            if (sig == STALE or since_heard >= heard_within or (changed and not reads.isdisjoint(changed))
+                    or (flags and not flag_reads.isdisjoint(flags))):
+                evaluated += 1
+                slots = rs.slots
+                try:
+                    sig = evaluate(ctx, slots)
+                    if clear is not None:
+                        sig = _with_clear(sig, clear(ctx, slots))
+                except Exception as exc:  # one broken rule must not starve the others
+                    rs.memo = STALE
+                    settled = False
+                    self.counters.errors += 1
+                    self.last_error = exc
+                    continue
+                if since_heard < heard_within and (not guards or all(g(slots) for g in guards)):
+                    rs.memo = sig
+                else:
+                    rs.memo = STALE
+                    settled = False
+            if sig is None:
+                continue
+            phase = rs.phase
+            if ((phase == 0 and sig != 1) or (phase == 2 and sig != -1)) and not rs.flapping:
+                continue
+            settled = False
+            self._step(rule, dev, rs, sig, ctx, received, out)
+        self.counters.evaluations += evaluated
+        self.counters.reused += len(plan.entries) - evaluated
+        if settled:
+            dev.settled = plan
+
     def _run(self, rules: list[Rule], dev: DeviceState, ctx: EvalContext, received: float | None,
              out: list[Transition]) -> None:
         states = dev.rules
         late = ctx.late
         self.counters.evaluations += len(rules)
+        dev.settled = None  # (an event, a status, a period record or late data: the state may move)
         for rule in rules:
             rs = states.get(rule.name)
             if rs is None:
                 rs = states[rule.name] = RuleState(rule, self._params(rule, dev.device_id))
+            rs.memo = STALE
             ctx.params = rs.params
             if ctx.computed:
                 ctx.computed = {}
@@ -594,6 +757,7 @@ class RuleEngine:
             self.watch_start += delta
         absence = [(r.name, slot) for r in self.rules.values() for slot in _absence_slots(r)]
         for dev in self.devices.values():
+            dev.forget()
             if dev.last_rx:
                 dev.last_rx += delta
             if dev.seen_rx:
@@ -654,33 +818,34 @@ class RuleEngine:
             silence = rule.watches_silence
             name = rule.name
             checks = _tick_checks(rule)
-            for dev in (d for kind in rule.kinds for d in self._by_kind.get(Kind(kind), ())):
-                seen += 1
-                if seen % every == 0:
-                    yield out
-                    out = []
-                    now, base = now + self.wall_offset - base, self.wall_offset  # a step between pieces
-                rs = dev.rules.get(name)
-                if rs is None:
-                    if not silence:
-                        continue
-                    reg = self.registry.device(dev.device_id) if self.registry is not None else None
-                    if not rule.applies_to(dev.device_id, dev.kind, dev.site, reg):
-                        continue
-                    rs = dev.rules[name] = RuleState(rule, self._params(rule, dev.device_id))
-                phase = rs.phase
-                if not (phase in (PENDING, CLEARING) or rs.flapping):
-                    slots = rs.slots
-                    for check in checks:
-                        if check(slots):
-                            break
-                    else:
-                        continue  # nothing here changes with time alone
-                try:
-                    self._tick_one(rule, dev, rs, now, out)
-                except Exception as exc:
-                    self.counters.errors += 1
-                    self.last_error = exc
+            for kind in rule.kinds:  # (plain loops over the live lists: no generator per device)
+                for dev in self._by_kind.get(Kind(kind), ()):
+                    seen += 1
+                    if seen % every == 0:
+                        yield out
+                        out = []
+                        now, base = now + self.wall_offset - base, self.wall_offset  # a step between pieces
+                    rs = dev.rules.get(name)
+                    if rs is None:
+                        if not silence:
+                            continue
+                        reg = self.registry.device(dev.device_id) if self.registry is not None else None
+                        if not rule.applies_to(dev.device_id, dev.kind, dev.site, reg):
+                            continue
+                        rs = dev.rules[name] = RuleState(rule, self._params(rule, dev.device_id))
+                    phase = rs.phase
+                    if not (phase in (PENDING, CLEARING) or rs.flapping):
+                        slots = rs.slots
+                        for check in checks:
+                            if check(slots):
+                                break
+                        else:
+                            continue  # nothing here changes with time alone
+                    try:
+                        self._tick_one(rule, dev, rs, now, out)
+                    except Exception as exc:
+                        self.counters.errors += 1
+                        self.last_error = exc
         for key in list(self._timed):
             seen += 1
             if seen % every == 0:
@@ -701,6 +866,7 @@ class RuleEngine:
             return
         if rule.needs_tick:
             return  # already evaluated by the tick
+        dev.settled = None  # the state machine may step
         ts = self.device_time(dev, now)
         ctx = EvalContext(dev_id, dev.kind, ts, dev.metrics, dev.quality, rs.params, now, dev.last_rx, sample=False)
         if rs.flapping:
@@ -711,6 +877,8 @@ class RuleEngine:
             self._timed.discard(key)
 
     def _tick_one(self, rule: Rule, dev: DeviceState, rs: RuleState, now: float, out: list[Transition]) -> None:
+        rs.memo = STALE
+        dev.settled = None
         ts = self.device_time(dev, now)
         ctx = EvalContext(dev.device_id, dev.kind, ts, dev.metrics, dev.quality, rs.params, now, dev.last_rx,
                           sample=False)

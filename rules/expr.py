@@ -100,6 +100,9 @@ class Expression:
     fn: Compiled
     constant: Any = None
     is_constant: bool = False
+    reads: frozenset[str] = frozenset()
+    """Every metric the expression looks at: ``metrics`` plus those only probed by ``get``/``has``
+    (which do not trigger evaluation but still decide the result)."""
 
     def __call__(self, metrics: MetricMap, params: MetricMap, quality: MetricMap) -> Any:
         """Evaluate; ``None`` when a needed value is missing or of the wrong type."""
@@ -146,6 +149,10 @@ class _Rewriter:
         self.metrics: set[str] = set()
         self.params: set[str] = set()
         self.flags: set[str] = set()
+        self.probed: set[str] = set()
+        """Metrics read through ``get``/``has`` (not triggers, but inputs)."""
+        self.probed_params: set[str] = set()
+        """Parameters read through ``get``/``has`` (optional ones)."""
         self.nodes = 0
 
     def lookup(self, name: str, node: ast.AST) -> ast.expr:
@@ -252,6 +259,7 @@ class _Rewriter:
             if len(args) != 1:
                 raise ExpressionError("has() takes one argument")
             target = "_p" if key in self.param_names else "_m"
+            (self.probed if target == "_m" else self.probed_params).add(key)
             return ast.copy_location(
                 ast.Compare(left=ast.Constant(value=key), ops=[ast.In()],
                             comparators=[ast.Name(id=target, ctx=ast.Load())]), node)
@@ -260,6 +268,7 @@ class _Rewriter:
             raise ExpressionError("get() takes a name and a default")
         default = self.visit(args[1])
         target = "_p" if key in self.param_names else "_m"
+        (self.probed if target == "_m" else self.probed_params).add(key)
         return ast.copy_location(
             ast.Call(func=ast.Attribute(value=ast.Name(id=target, ctx=ast.Load()), attr="get", ctx=ast.Load()),
                      args=[ast.Constant(value=key), default], keywords=[]), node)
@@ -305,7 +314,9 @@ def compile_expression(source: str | int | float | bool, param_names: frozenset[
     ast.fix_missing_locations(wrapper)
     code = compile(wrapper, "<rule expression>", "eval")
     fn: Compiled = eval(code, dict(_GLOBALS))
-    is_constant = not rewriter.metrics and not rewriter.params and not rewriter.flags
+    # get()/has() read the message too: an expression built only from them is not a constant.
+    is_constant = not (rewriter.metrics or rewriter.params or rewriter.flags or rewriter.probed
+                       or rewriter.probed_params)
     constant = None
     if is_constant:
         try:
@@ -313,4 +324,4 @@ def compile_expression(source: str | int | float | bool, param_names: frozenset[
         except Exception as exc:
             raise ExpressionError(f"constant expression {source!r} fails: {exc}") from None
     return Expression(source, frozenset(rewriter.metrics), frozenset(rewriter.params), frozenset(rewriter.flags),
-                      fn, constant, is_constant)
+                      fn, constant, is_constant, frozenset(rewriter.metrics | rewriter.probed))

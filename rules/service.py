@@ -353,7 +353,8 @@ class RulesService:
         c = self.engine.counters
         out: dict[str, Any] = {
             "rules": len(self.engine.rules), "devices": len(self.engine.devices), "messages": c.messages,
-            "evaluations": c.evaluations, "late_messages": c.late, "transitions": c.transitions,
+            "evaluations": c.evaluations, "evaluations_reused": c.reused, "late_messages": c.late,
+            "transitions": c.transitions,
             "published": self.published, "publish_errors": self.publish_errors,
             "suppressed_flapping": c.suppressed_flapping, "firing": len(self.engine.firing()),
             "reloads": self.reloads, "reload_failures": self.reload_failures, "rule_file_errors": len(self.files.errors),

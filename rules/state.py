@@ -33,6 +33,7 @@ import msgspec
 from broker.contracts import Severity, Transition
 from rules.engine import CLEARING, FIRING, INACTIVE, PENDING, DeviceState, RuleEngine, RuleState
 from rules.model import Rule
+from rules.steady import STALE
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,8 @@ def _apply_machine(engine: RuleEngine, dev: DeviceState, name: str, entry: dict[
     if rs is None:
         rs = dev.rules[name] = RuleState(rule, engine._params(rule, dev.device_id))
     same = entry.get("digest") == rule.digest
+    rs.memo = STALE  # restored state: no signal of the running engine is reusable
+    dev.settled = None
     rs.phase = int(entry.get("phase", INACTIVE))
     rs.since = float(entry.get("since", 0.0))
     rs.clear_since = float(entry.get("clear_since", 0.0))

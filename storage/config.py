@@ -58,7 +58,9 @@ class WriterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A partial batch is sent once its oldest line waited this long."""
     timeout_s: float = 10.0
     gzip_level: int = 1
-    """1 is fastest; higher levels barely shrink line protocol further and cost CPU."""
+    """1 is fastest; higher levels barely shrink line protocol further and cost CPU. 0 sends the body
+    uncompressed: for an InfluxDB on the same host or LAN, where compressing costs the platform about
+    0.5-1 µs of CPU per line and saves nothing worth having (docs/benchmarks.md, issue 15)."""
     retry_min_s: float = 0.2
     retry_max_s: float = 30.0
     shutdown_flush_s: float = 2.0

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -47,6 +47,10 @@ _INT64_MAX: Final = 2**63 - 1
 _EXACT_FLOAT_INT: Final = 2**53
 """Integers up to this size convert to float exactly (and never overflow)."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND: Final = timedelta(milliseconds=1)
+_WORD_CHARS: Final = 32
+"""String metric values up to this length have their ``key="value"`` text cached."""
+_MAX_WORDS: Final = 10_000
 _JSON: Final = msgspec.json.Encoder()
 
 # Control characters would end a line; in names and tags they become spaces (then escaped).
@@ -88,9 +92,8 @@ def quote_string(value: str) -> str:
 
 
 def epoch_ms(ts: datetime) -> int:
-    """Whole milliseconds since the Unix epoch (exact integer arithmetic, truncating)."""
-    d = ts - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
+    """Whole milliseconds since the Unix epoch (exact integer arithmetic, rounding down)."""
+    return (ts - _EPOCH) // _MILLISECOND
 
 
 def epoch_us(ts: datetime) -> int:
@@ -109,6 +112,11 @@ def tag_section(measurement: str, tags: dict[str, str | None]) -> str:
             if esc:
                 parts.append(f"{escape_key(key)}={esc}")
     return ",".join(parts)
+
+
+_MetricSpec = tuple[str, bool, dict[object, str]]
+"""Per metric name: ``key=`` (escaped), whether it is an integer metric, cached ``key=value`` texts of
+its booleans and short strings."""
 
 
 @dataclass(slots=True)
@@ -160,7 +168,7 @@ class FieldWriter:
 class LineEncoder:
     """Turns contract messages into line-protocol lines (``str``, no trailing newline).
 
-    Pure apart from two bounded caches (escaped field keys and tag prefixes) and the
+    Pure apart from bounded caches (per metric name, per device, short string values) and the
     ``skipped`` counter; the same input always gives the same line.
     """
 
@@ -169,9 +177,11 @@ class LineEncoder:
         self.skipped: Counter[str] = Counter()
         self._fields = FieldWriter(self.skipped)
         self._keys: dict[str, str] = {}
-        self._prefixes: dict[tuple[str, str, str | None], str] = {}
-        self._words: dict[tuple[str, str], str] = {}
-        """``key="value"`` of short string metrics: a fleet repeats a few states (door "closed", mode "normal")."""
+        self._specs: dict[str, _MetricSpec] = {}
+        self._prefixes: dict[str, tuple[Kind | str, str | None, str]] = {}
+        """device id -> (kind, site, ``telemetry_{kind},device=..,kind=..,site=..``)."""
+        self._words = 0
+        """Cached ``key="value"`` texts in all ``_MetricSpec.words`` (bounded by ``_MAX_WORDS``)."""
         self._cache_size = cache_size
 
     def _key(self, name: str) -> str:
@@ -185,60 +195,89 @@ class LineEncoder:
     def _fields_line(self, fields: dict[str, str | None]) -> str:
         return ",".join(f"{self._key(k)}={v}" for k, v in fields.items() if v is not None)
 
+    def _spec(self, name: str) -> _MetricSpec:
+        if len(self._specs) >= self._cache_size:
+            self._specs.clear()
+            self._words = 0
+        eq = self._key(name) + "="
+        spec = self._specs[name] = (eq, name in self.int_metrics, {True: eq + "true", False: eq + "false"})
+        return spec
+
+    def _word(self, spec: _MetricSpec, value: str) -> str:
+        """``key="value"`` of a short string, cached: a fleet repeats a few states (door "closed", mode "normal")."""
+        text = f'{spec[0]}"{value.translate(_STRING_ESC)}"'
+        if self._words >= _MAX_WORDS:
+            self._specs.clear()  # rebuilt on the next messages, with empty word caches
+            self._words = 0
+        else:
+            spec[2][value] = text
+            self._words += 1
+        return text
+
     def telemetry(self, kind: Kind | str, device_id: str, site: str | None, msg: Telemetry) -> str | None:
         """The point of one telemetry message, or None when it has no storable field."""
-        cache_key = (str(kind), device_id, site)
-        prefix = self._prefixes.get(cache_key)
-        if prefix is None:
+        cached = self._prefixes.get(device_id)
+        if cached is not None and cached[1] == site and cached[0] == kind:
+            prefix = cached[2]
+        else:
             if len(self._prefixes) >= self._cache_size:
                 self._prefixes.clear()
-            prefix = self._prefixes[cache_key] = tag_section(
-                f"telemetry_{kind}", {"device": device_id, "kind": str(kind), "site": site})
-        fw = self._fields
-        ints = self.int_metrics
-        keys = self._keys
-        words = self._words
+            prefix = tag_section(f"telemetry_{kind}", {"device": device_id, "kind": str(kind), "site": site})
+            self._prefixes[device_id] = (kind, site, prefix)
+        specs = self._specs
+        metrics = msg.metrics
         parts: list[str] = []
-        for name, value in msg.metrics.items():
-            key = keys.get(name) or self._key(name)
-            # Fast paths for the common cases (this runs for every metric of every message).
+        append = parts.append
+        # One branch per value type, most common first (this runs for every metric of every message).
+        for name, value in metrics.items():
+            spec = specs.get(name)
+            if spec is None:
+                spec = self._spec(name)
             t = type(value)
-            if t is float and name not in ints and math.isfinite(value):  # type: ignore[arg-type]
-                parts.append(f"{key}={value!r}")
-            elif t is int and name in ints and _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
-                parts.append(f"{key}={value}i")
-            elif t is int and name not in ints and -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT:  # type: ignore[operator]
-                parts.append(f"{key}={float(value)!r}")  # a JSON integer of a float metric (load_kg: 0)
-            elif t is str and len(value) <= 32:  # type: ignore[arg-type]
-                word = words.get((key, value))  # type: ignore[arg-type]
-                if word is None:
-                    if len(words) >= 10_000:
-                        words.clear()
-                    word = words[(key, value)] = f'{key}="{value.translate(_STRING_ESC)}"'  # type: ignore[union-attr,index]
-                parts.append(word)
-            elif t is str and len(value) <= MAX_STRING_CHARS:  # type: ignore[arg-type]
-                parts.append(f'{key}="{value.translate(_STRING_ESC)}"')  # type: ignore[union-attr]
+            if t is float:
+                # ``x - x`` is 0.0 for every finite float and NaN for inf and NaN (cheaper than isfinite).
+                if not spec[1] and value - value == 0.0:  # type: ignore[operator]
+                    append(spec[0] + repr(value))
+                    continue
+            elif t is str:
+                if len(value) <= _WORD_CHARS:  # type: ignore[arg-type]
+                    word = spec[2].get(value)
+                    append(word if word is not None else self._word(spec, value))  # type: ignore[arg-type]
+                    continue
+                if len(value) <= MAX_STRING_CHARS:  # type: ignore[arg-type]
+                    append(f'{spec[0]}"{value.translate(_STRING_ESC)}"')  # type: ignore[union-attr]
+                    continue
             elif t is bool:
-                parts.append(f"{key}=true" if value else f"{key}=false")
-            else:
-                text = fw.value(name, value, ints)
-                if text is not None:
-                    parts.append(f"{key}={text}")
+                append(spec[2][value])
+                continue
+            elif t is int:
+                if spec[1]:
+                    if _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+                        append(f"{spec[0]}{value}i")
+                        continue
+                elif -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT:  # type: ignore[operator]
+                    append(spec[0] + repr(float(value)))  # a JSON integer of a float metric (load_kg: 0)
+                    continue
+            # Everything else (non-finite, out of range, too long, subclasses): the general path counts it.
+            text = self._fields.value(name, value, self.int_metrics)
+            if text is not None:
+                append(spec[0] + text)
         if msg.quality:
+            fw = self._fields
             for code, flag in msg.quality.items():
-                parts.append(f"{self._key(code + '.Flag')}={fw.string(flag)}")
+                append(f"{self._key(code + '.Flag')}={fw.string(flag)}")
         seq = msg.seq
-        if seq is not None and "seq" not in msg.metrics:
+        if seq is not None and "seq" not in metrics:
             if 0 <= seq <= _INT64_MAX:
-                parts.append(f"seq={seq}i")
+                append(f"seq={seq}i")
             else:
-                text = fw.number("seq", seq, True)
+                text = self._fields.number("seq", seq, True)
                 if text is not None:
-                    parts.append(f"seq={text}")
+                    append(f"seq={text}")
         if not parts:
             self.skipped[SkipReason.NO_FIELDS] += 1
             return None
-        return f"{prefix} {','.join(parts)} {epoch_ms(msg.ts)}000000"
+        return f"{prefix} {','.join(parts)} {(msg.ts - _EPOCH) // _MILLISECOND}000000"
 
     def event(self, kind: Kind | str, device_id: str, site: str | None, ev: DeviceEvent) -> str:
         """The point of one device event (``count=1i`` so ``sum(count)`` counts events)."""

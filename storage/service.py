@@ -153,26 +153,35 @@ class StorageService:
     def on_device_messages(self, batch: list[DeviceMessage]) -> None:
         """Ingest consumer: telemetry, events and status to line protocol, then to the outbox."""
         enc = self.encoder
+        telemetry = enc.telemetry
+        sites = self._sites
         lines: list[str] = []
+        append = lines.append
+        counts = {"telemetry": 0, "events": 0, "status": 0, "not_stored": 0}
         for dm in batch:
             payload = dm.payload
-            site = self._site(dm.device_id, payload)
             line: str | None
             if isinstance(payload, Telemetry):
-                line = enc.telemetry(dm.kind, dm.device_id, site, payload)
-                self.counters["telemetry"] += 1
+                # The site named in the message, else the registry's (cached per device).
+                device = dm.device_id
+                site = payload.site or (sites[device] if device in sites else self._site(device, payload))
+                line = telemetry(dm.kind, device, site, payload)
+                counts["telemetry"] += 1
             elif isinstance(payload, DeviceEvent):
-                line = enc.event(dm.kind, dm.device_id, site, payload)
-                self.counters["events"] += 1
+                line = enc.event(dm.kind, dm.device_id, self._site(dm.device_id, payload), payload)
+                counts["events"] += 1
             elif isinstance(payload, DeviceStatus):
-                line = enc.status(dm.kind, dm.device_id, site, payload, dm.received_at)
-                self.counters["status"] += 1
+                line = enc.status(dm.kind, dm.device_id, self._site(dm.device_id, payload), payload, dm.received_at)
+                counts["status"] += 1
             else:
                 line = None
             if line is None:
-                self.counters["not_stored"] += 1
+                counts["not_stored"] += 1
             else:
-                lines.append(line)
+                append(line)
+        counters = self.counters
+        for key, count in counts.items():
+            counters[key] += count
         self._append(lines)
 
     def on_alerts(self, batch: list[Message]) -> None:

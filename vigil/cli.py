@@ -37,7 +37,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from broker.registry import DeviceRegistry, RegistryError
     from vigil.config import ConfigError, load_config
-    from vigil.runtime import build_platform, freeze_startup_heap, install_signal_handlers, run_platform
+    from vigil.runtime import (
+        build_platform,
+        freeze_startup_heap,
+        install_signal_handlers,
+        run_platform,
+        shorten_gil_switch_interval,
+    )
 
     try:
         cfg = load_config(args.config)
@@ -51,6 +57,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         install_signal_handlers(stop)
+        shorten_gil_switch_interval()
         if cfg.cluster is not None:
             # One instance of a NATS JetStream cluster: partitions by lease (vigil.cluster, docs/cluster.md).
             from vigil.cluster import run_cluster_instance

@@ -7,12 +7,14 @@ sequence it covers to the KV bucket ``vigil_checkpoints`` (a fenced update: a st
 fails and it stops) and acknowledges up to that sequence. An instance that takes a partition over
 loads that checkpoint and replays the stream from the next sequence, so a device's pending timers,
 windows and firing alerts continue where they were; transitions re-made by the replay carry the
-same ``Nats-Msg-Id`` and JetStream drops them.
+same ``Nats-Msg-Id`` and JetStream drops them. With ``storage`` in the services, the storage stage
+runs on the same batches and the checkpoint also records what InfluxDB has (vigil.cluster_storage).
 
 One instance at a time (the holder of the ``alerting`` lease) runs the alerting stage on the
-transitions stream with a durable consumer. Leases live in a KV bucket whose TTL is the lease time:
-a holder renews with a revision-checked update, a dead holder's key expires and another instance's
-create succeeds. See docs/cluster.md.
+transitions stream, its database replicated into JetStream (vigil.cluster_alerting). A holder renews
+its leases with revision-checked updates; another instance takes a lease it has seen unchanged for
+``lease_ttl_s`` (vigil.cluster_leases). Every instance serves /health and /metrics
+(vigil.cluster_health). See docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -23,49 +25,42 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import msgspec
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from broker.contracts import TOPIC_ROOT, Rejected, decode_transition
 from broker.ingest import DeviceIngest, RegisteredDevices
-from broker.mqtt import Message, MqttClient, NotDurable
+from broker.mqtt import Message, NotDurable
 from broker.nats_transport import (
     CHECKPOINTS_BUCKET,
     LEASES_BUCKET,
-    TRANSITIONS_STREAM,
-    TRANSITIONS_SUBJECT,
     NatsBridge,
     ensure_layout,
     message_of,
     partition_stream,
     start_consumer,
-    subject_to_topic,
 )
 from broker.registry import DeviceRegistry
 from rules.service import RulesService
 from rules.state import SnapshotEncoder, engine_from_doc
+from vigil.cluster_alerting import AlertingWorker
 from vigil.cluster_config import ClusterSettings
-from vigil.cluster_leases import HEARTBEAT_PREFIX, LeaseTable, fair_share
+from vigil.cluster_leases import HEARTBEAT_PREFIX, LeaseLost, LeaseTable, fair_share, patiently
+from vigil.cluster_storage import LoopbackClient, PartitionStorage, as_mqtt
 from vigil.config import VigilConfig
 from vigil.errors import ProgramError
 
 log = logging.getLogger(__name__)
 ALERTING_LEASE = "alerting"
-T = TypeVar("T")
-
-
-class LeaseLost(ProgramError):
-    """Another instance owns what this one was working on; stop without writing anything more."""
 
 
 async def connect(settings: ClusterSettings, name: str) -> NatsClient:
@@ -78,23 +73,8 @@ async def connect(settings: ClusterSettings, name: str) -> NatsClient:
                               reconnect_time_wait=0.5, connect_timeout=2, error_cb=on_error)
 
 
-async def _patiently(call: Callable[[], Awaitable[T]], what: str, attempts: int = 30) -> T:
-    """``call()``, retried while the cluster fails over (a JetStream leader election takes seconds)."""
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except (LeaseLost, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            if attempt == attempts - 1:
-                raise
-            log.warning("%s failed (%s); retrying", what, exc or type(exc).__name__)
-            await asyncio.sleep(1.0)
-    raise AssertionError("unreachable")
-
-
 class PartitionWorker:
-    """The rules stage on one partition's stream, checkpointed to KV."""
+    """The rules stage (and the storage stage, when configured) on one partition's stream, checkpointed to KV."""
 
     def __init__(self, instance: ClusterInstance, partition: int) -> None:
         self.instance = instance
@@ -102,14 +82,27 @@ class PartitionWorker:
         self.key = f"p{partition}"
         self.bridge = NatsBridge(instance.nc, instance.js, f"{instance.name}/p{partition}")
         self.last_seq = 0
+        """The last stream sequence handed to the stages (rules and storage)."""
+        self.rules_seq = 0
+        """The last stream sequence the rule engine's state covers (above ``last_seq`` while catching up)."""
         self.acked_seq = 0
+        self.checkpointed: tuple[int, int] | None = None
+        """(rules sequence, stored sequence) of the last saved checkpoint."""
         self.checkpoint_rev: int | None = None
+        self.checkpointed_at: float | None = None
         self.processed = 0
         self.replayed_from = 0
         self.checkpoints = 0
         self.checkpoint_errors = 0
+        self.lag = 0
+        """Messages in the stream after the last one fetched (the consumer's pending count)."""
+        self.stalled_since: float | None = None
+        """Monotonic time since a batch could not be made durable (the partition waits), else None."""
+        self.last_not_durable = ""
         self.service: RulesService | None = None
-        self._last_msg: Any = None
+        self.storage: PartitionStorage | None = None
+        self._acks: deque[tuple[int, Any]] = deque()
+        """(stream sequence, message) of each handled batch's last message, for the cumulative ack."""
 
     async def _load_checkpoint(self) -> dict[str, Any] | None:
         try:
@@ -123,37 +116,54 @@ class PartitionWorker:
     def _build(self, doc: dict[str, Any] | None) -> RulesService:
         cfg, inst = self.instance.config, self.instance
         state = inst.state_dir / f"p{self.partition}"
-        # Local files of an earlier ownership are stale: the checkpoint is the partition's state.
+        # Local files of an earlier ownership are stale: the checkpoint is the partition's state (and
+        # the storage outbox's undrained lines are re-stored from the stream, see vigil.cluster_storage).
         shutil.rmtree(state, ignore_errors=True)
         state.mkdir(parents=True)
         known = RegisteredDevices(cfg.registry, inst.registry.devices) if cfg.registry else None
-        # The bridge offers the MqttClient calls the stages make (subscribe, publish_nowait).
-        mqtt = cast(MqttClient, self.bridge)
-        ingest = DeviceIngest(mqtt, stage=f"{cfg.node}-p{self.partition}", known_device=known)
+        # With storage, the ingest's dead letters are also handed to the partition's storage (LoopbackClient).
+        mqtt = as_mqtt(LoopbackClient(self.bridge) if "storage" in cfg.services else self.bridge)
+        stage = f"{cfg.node}-p{self.partition}"
+        ingest = DeviceIngest(mqtt, stage=stage, known_device=known)
         service = RulesService(cfg.rules, mqtt=mqtt, ingest=ingest, registry=inst.registry, state_dir=state)
         if doc is not None and doc.get("engine"):
             engine_from_doc(service.engine, doc["engine"])
         service.attach()
+        if "storage" in cfg.services:
+            seq = int(doc.get("seq", 0)) if doc else 0
+            self.storage = PartitionStorage(cfg.storage, mqtt=mqtt, ingest=ingest, registry=inst.registry,
+                                            state_dir=state / "storage", known=known, stage=stage,
+                                            stored_seq=int(doc.get("stored_seq", seq)) if doc else 0)
+            self.storage.attach()
         return service
 
     async def run(self) -> None:
         """Restore, replay and follow the partition until cancelled or the lease is lost."""
-        doc = await _patiently(self._load_checkpoint, f"partition {self.partition}: read checkpoint")
+        doc = await patiently(self._load_checkpoint, f"partition {self.partition}: read checkpoint")
         self.service = service = self._build(doc)
-        self.last_seq = self.acked_seq = self.replayed_from = int(doc.get("seq", 0)) if doc else 0
+        self.rules_seq = int(doc.get("seq", 0)) if doc else 0
+        start = min(self.rules_seq, self.storage.stored_seq) if self.storage is not None else self.rules_seq
+        self.last_seq = self.acked_seq = self.replayed_from = start
+        if doc is not None:
+            self.checkpointed = (self.rules_seq, start)
         settings = self.instance.settings
 
         async def consumer() -> JetStreamContext.PullSubscription:
             return await start_consumer(self.instance.js, partition_stream(self.partition),
                                         f"rules-p{self.partition}", self.last_seq)
 
-        sub = await _patiently(consumer, f"partition {self.partition}: start consumer")
-        log.info("cluster %s: partition %d from sequence %d (%d devices restored)", self.instance.name,
-                 self.partition, self.last_seq + 1, len(service.engine.devices))
+        sub = await patiently(consumer, f"partition {self.partition}: start consumer")
+        log.info("cluster %s: partition %d from sequence %d (%d devices restored, rules at %d)", self.instance.name,
+                 self.partition, self.last_seq + 1, len(service.engine.devices), self.rules_seq)
+        storage_task = (asyncio.get_running_loop().create_task(self.storage.service.run(),
+                                                               name=f"storage-p{self.partition}")
+                        if self.storage is not None else None)
         next_tick = time.monotonic() + service.config.tick_interval_s
         next_checkpoint = time.monotonic() + settings.checkpoint_interval_s
         try:
             while True:
+                if storage_task is not None and storage_task.done():
+                    raise ProgramError(f"partition {self.partition}: storage stopped: {storage_task.exception()!r}")
                 try:
                     msgs = await sub.fetch(settings.fetch_batch, timeout=0.2)
                 except (NatsTimeout, TimeoutError):
@@ -163,7 +173,7 @@ class PartitionWorker:
                     await asyncio.sleep(0.5)
                     msgs = []
                 if msgs:
-                    self._handle(msgs)
+                    await self._handle(msgs)
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + service.config.tick_interval_s
@@ -179,44 +189,82 @@ class PartitionWorker:
                                     self.partition, exc or type(exc).__name__)
                     next_checkpoint = time.monotonic() + settings.checkpoint_interval_s
         finally:
+            if storage_task is not None:
+                # Its own finally writes what it can within ``writer.shutdown_flush_s``; the rest is re-stored
+                # from the stream by the next owner (the checkpoint's stored_seq).
+                storage_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await storage_task
+            if self.storage is not None:
+                self.storage.service.close()
             service.store.close()
 
-    def _handle(self, msgs: list[Any]) -> None:
+    async def _handle(self, msgs: list[Any]) -> None:
+        catch_up: list[Message] = []
         batch: list[Message] = []
         for m in msgs:
             seq = m.metadata.sequence.stream
             if seq <= self.last_seq:
                 continue  # a redelivery of what is already handled
             self.last_seq = seq
-            self._last_msg = m
-            batch.append(message_of(m.subject, m.data))
-        if not batch:
+            (catch_up if seq <= self.rules_seq else batch).append(message_of(m.subject, m.data))
+        self.lag = int(msgs[-1].metadata.num_pending)
+        if not batch and not catch_up:
             return
-        self.processed += len(batch)
+        if catch_up and self.storage is not None:
+            await self._durably(self.storage.catch_up, catch_up)
+        if batch:
+            self.processed += len(batch)
+            self.rules_seq = self.last_seq
+            await self._durably(self.bridge.deliver, batch)
+        if self.storage is not None:
+            self.storage.appended(self.last_seq)
+        self._acks.append((self.last_seq, msgs[-1]))
+
+    async def _durably(self, handler: Callable[[list[Message]], None], batch: list[Message]) -> None:
+        """Run ``handler``; while a stage cannot make its work durable (disk full), retry and hold the partition.
+
+        Only the storage outbox (and the local rules journal) can refuse; the stream keeps the messages
+        meanwhile, and nothing after this batch is handled, checkpointed or acknowledged until it is in.
+        """
         try:
-            self.bridge.deliver(batch)
+            handler(batch)
+            return
         except NotDurable as exc:
-            # Only the local journal can refuse (the checkpoint is the durable state here); retry it now.
-            with contextlib.suppress(NotDurable, OSError):
-                exc.retry()
+            pending = exc
+        self.stalled_since = time.monotonic()
+        while True:
+            self.last_not_durable = pending.reason
+            await asyncio.sleep(0.5)
+            try:
+                pending.retry()
+                break
+            except NotDurable as exc:
+                pending = exc
+            except OSError as exc:
+                pending = NotDurable(str(exc), pending.retry)
+        self.stalled_since = None
 
     async def checkpoint(self) -> None:
-        """Save state + sequence once every transition so far is stored, then ack up to that sequence.
+        """Save state + sequences once every transition so far is stored, then ack up to the rules' sequence.
 
         Raises:
             LeaseLost: another instance wrote the checkpoint since this one read it.
         """
         assert self.service is not None
         await self.bridge.flush()
-        if self.last_seq == self.acked_seq and self.checkpoint_rev is not None:
+        seq = self.rules_seq
+        stored = self.storage.written_seq() if self.storage is not None else seq
+        stored = min(stored, self.last_seq)
+        if self.checkpointed == (seq, stored) and self.checkpoint_rev is not None:
+            self.checkpointed_at = time.monotonic()  # the saved one is still current (nothing new)
             return
-        seq, last = self.last_seq, self._last_msg
         # Encoded in slices: this partition's loop waits for its checkpoint (so the state stays that of
         # ``seq``), while the other partitions of the process keep running between slices.
         enc = SnapshotEncoder(self.service.engine, 0)
         while not enc.step(0.004):
             await asyncio.sleep(0)
-        head = msgspec.json.encode({"seq": seq, "owner": self.instance.name, "at": time.time()})
+        head = msgspec.json.encode({"seq": seq, "stored_seq": stored, "owner": self.instance.name, "at": time.time()})
         value = head[:-1] + b',"engine":' + enc.result() + b"}"
         kv = self.instance.checkpoints
         try:
@@ -227,108 +275,35 @@ class PartitionWorker:
         except KeyWrongLastSequenceError:
             raise LeaseLost(f"partition {self.partition}: checkpoint written by another instance") from None
         self.checkpoints += 1
-        if last is not None and seq > self.acked_seq:
-            with contextlib.suppress(Exception):  # acks only trim redelivery; the checkpoint is the truth
-                await last.ack()
-        self.acked_seq = seq
+        self.checkpointed = (seq, stored)
+        self.checkpointed_at = time.monotonic()
+        # Acknowledge up to what the checkpoint covers. Acks only trim redelivery (the streams keep messages
+        # for ``stream_max_age_s`` whatever is acknowledged): a new owner starts from the checkpoint's
+        # ``min(seq, stored_seq)``, not from the consumer's ack floor, so a time-series store that is down
+        # does not hold the consumer's pending acks (and with them the rules) back.
+        last = None
+        while self._acks and self._acks[0][0] <= seq:
+            last = self._acks.popleft()
+        if last is not None and last[0] > self.acked_seq:
+            with contextlib.suppress(Exception):
+                await last[1].ack()
+            self.acked_seq = last[0]
 
     def stats(self) -> dict[str, Any]:
         """Counters of this partition."""
-        out: dict[str, Any] = {"seq": self.last_seq, "checkpointed_seq": self.acked_seq, "processed": self.processed,
+        age = time.monotonic() - self.checkpointed_at if self.checkpointed_at is not None else -1.0
+        out: dict[str, Any] = {"seq": self.last_seq, "rules_seq": self.rules_seq,
+                               "checkpointed_seq": self.checkpointed[0] if self.checkpointed else 0,
+                               "stored_seq": self.checkpointed[1] if self.checkpointed else 0,
+                               "acked_seq": self.acked_seq, "lag": self.lag, "checkpoint_age_s": round(age, 3),
+                               "stalled": self.stalled_since is not None, "processed": self.processed,
                                "replayed_from": self.replayed_from, "checkpoints": self.checkpoints,
-                               "checkpoint_errors": self.checkpoint_errors,
-                               **self.bridge.counters}
+                               "checkpoint_errors": self.checkpoint_errors, **self.bridge.counters}
         if self.service is not None:
             out["rules"] = self.service.stats()
+        if self.storage is not None:
+            out["storage"] = self.storage.stats()
         return out
-
-
-class AlertingWorker:
-    """The alerting stage on the transitions stream (one instance at a time, by lease)."""
-
-    def __init__(self, instance: ClusterInstance) -> None:
-        from alerting.service import AlertingService
-
-        self.instance = instance
-        self.bridge = NatsBridge(instance.nc, instance.js, f"{instance.name}/alerting")
-        state = instance.state_dir / "alerting"
-        state.mkdir(parents=True, exist_ok=True)
-        self.service = AlertingService(instance.config.alerting, mqtt=cast(MqttClient, self.bridge), ingest=None,
-                                       registry=instance.registry, state_dir=state)
-        self.service.attach()
-        self.handled = 0
-
-    async def run(self) -> None:
-        """Consume transitions and run alerting's timers and senders until cancelled."""
-        js = self.instance.js
-        sub = await js.pull_subscribe(f"{TRANSITIONS_SUBJECT}.>", durable="alerting", stream=TRANSITIONS_STREAM,
-                                      config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=10.0,
-                                                            max_ack_pending=100_000))
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.service.run(), name="alerting-stage")
-                tg.create_task(self._consume(sub), name="alerting-consume")
-        finally:
-            self.service.close()
-
-    async def _consume(self, sub: JetStreamContext.PullSubscription) -> None:
-        while True:
-            try:
-                msgs = await sub.fetch(200, timeout=0.5)
-            except (NatsTimeout, TimeoutError):
-                continue
-            except Exception as exc:
-                log.warning("cluster %s: alerting fetch failed: %r", self.instance.name, exc)
-                await asyncio.sleep(0.5)
-                continue
-            batch = [Message(f"{TOPIC_ROOT}/transitions/" + subject_to_topic(m.subject, 2), m.data, 1, False,
-                             time.time()) for m in msgs]
-            for part in split_episodes(batch):
-                try:
-                    self.bridge.deliver(part)
-                except NotDurable as exc:
-                    await self._retry(exc)
-            self.handled += len(msgs)
-            for m in msgs:  # after alerting committed them
-                with contextlib.suppress(Exception):
-                    await m.ack()
-
-    async def _retry(self, exc: NotDurable) -> None:
-        while True:
-            try:
-                exc.retry()
-                return
-            except (NotDurable, OSError):
-                await asyncio.sleep(0.5)
-
-    def stats(self) -> dict[str, Any]:
-        """Alerting's counters."""
-        return {"handled": self.handled, **self.service.stats()}
-
-
-def split_episodes(batch: list[Message]) -> list[list[Message]]:
-    """Cut a batch of transitions wherever an alert's fingerprint repeats.
-
-    A backlog (alerting's consumer catching up after a failover) can hold an alert's firing and its
-    resolution; handed over as one batch, alerting would tell only the resolution. Cut there, each
-    decision is flushed (and notified, with ``group_wait_s: 0``) before the next one is applied.
-    """
-    parts: list[list[Message]] = []
-    current: list[Message] = []
-    seen: set[str] = set()
-    for msg in batch:
-        try:
-            fingerprint = decode_transition(msg.payload).fingerprint
-        except Rejected:
-            fingerprint = ""  # alerting dead-letters it
-        if fingerprint and fingerprint in seen:
-            parts.append(current)
-            current, seen = [], set()
-        current.append(msg)
-        seen.add(fingerprint)
-    if current:
-        parts.append(current)
-    return parts
 
 
 class ClusterInstance:
@@ -344,7 +319,11 @@ class ClusterInstance:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.workers: dict[str, tuple[Any, asyncio.Task[None], int]] = {}
         """lease key -> (worker, task, lease revision)."""
-        self.counters: dict[str, int] = {"claims": 0, "releases": 0, "lost": 0, "round_errors": 0}
+        self.counters: dict[str, int] = {"claims": 0, "releases": 0, "lost": 0, "round_errors": 0,
+                                         "round_failing": 0}
+        self.renewed: dict[str, float] = {}
+        """lease key -> when (monotonic) this instance last wrote it."""
+        self.health: Any = None
         self.table = LeaseTable(self.settings.lease_ttl_s)
         self.nc: NatsClient
         self.js: JetStreamContext
@@ -381,14 +360,17 @@ class ClusterInstance:
         period = self.settings.lease_ttl_s / 3
         first = True
         stats_path = self.state_dir / "stats.json"
+        health = self._start_health()
         try:
             while not stop.is_set():
                 try:
                     await self._round(first)
                     first = False
+                    self.counters["round_failing"] = 0
                 except Exception as exc:  # the cluster failing over: nothing seen counts, next round
                     self.table.forget()
                     self.counters["round_errors"] += 1
+                    self.counters["round_failing"] = 1
                     log.warning("cluster %s: lease round failed: %s", self.name, exc or type(exc).__name__)
                 await self._reap()
                 with contextlib.suppress(OSError):
@@ -397,12 +379,37 @@ class ClusterInstance:
                     async with asyncio.timeout(period):
                         await stop.wait()
         finally:
+            for task in health:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             for key in list(self.workers):
                 with contextlib.suppress(Exception):
                     await self._release(key)
             with contextlib.suppress(Exception):
                 await self.leases.delete(f"{HEARTBEAT_PREFIX}{self.name}")
             await self.nc.close()
+
+    def _start_health(self) -> list[asyncio.Task[None]]:
+        """/health and /metrics with the cluster's facts, and the platform's own alerts (vigil.cluster_health)."""
+        if not self.config.health.enabled:
+            return []
+        from vigil.cluster_health import ClusterHealthMonitor, ClusterPlatform
+
+        platform = ClusterPlatform(self, NatsBridge(self.nc, self.js, f"{self.name}/health"), self.nc)
+        self.health = ClusterHealthMonitor(platform, self.config.health)
+        loop = asyncio.get_running_loop()
+        return [loop.create_task(self.health.run(), name="health"),
+                loop.create_task(platform.monitor.run(), name="health-loop-lag")]
+
+    def partition_workers(self) -> list[PartitionWorker]:
+        """The partition workers running now."""
+        return [w for w, _t, _r in self.workers.values() if isinstance(w, PartitionWorker)]
+
+    def alerting_service(self) -> Any:
+        """The alerting stage while this instance holds the lease (and it has started), else None."""
+        held = self.workers.get(ALERTING_LEASE)
+        return held[0].service if held is not None else None
 
     async def _round(self, first: bool) -> None:
         me = json.dumps({"owner": self.name}).encode()
@@ -414,6 +421,7 @@ class ClusterInstance:
                 self._lose(key, "lease taken over")
                 continue
             self.workers[key] = (worker, task, new_rev)
+            self.renewed[key] = time.monotonic()
         prefix = f"$KV.{LEASES_BUCKET}."
         info = await self.js.stream_info(f"KV_{LEASES_BUCKET}", subjects_filter=f"{prefix}>")
         keys = {subject[len(prefix):] for subject in (info.state.subjects or {})}
@@ -461,6 +469,7 @@ class ClusterInstance:
                                                     else PartitionWorker(self, int(key[1:])))
         task = asyncio.get_running_loop().create_task(worker.run(), name=f"cluster-{key}")
         self.workers[key] = (worker, task, rev)
+        self.renewed[key] = time.monotonic()
         log.info("cluster %s: took %s", self.name, key)
 
     def _lose(self, key: str, why: str) -> None:
@@ -500,7 +509,10 @@ class ClusterInstance:
 
     def stats(self) -> dict[str, Any]:
         """What this instance holds and has done."""
-        return {"node": self.name, "counters": dict(self.counters), "owned": sorted(self.workers),
+        now = time.monotonic()
+        leases = {k: {"revision": rev, "renewed_s_ago": round(now - self.renewed.get(k, now), 3)}
+                  for k, (_w, _t, rev) in self.workers.items()}
+        return {"node": self.name, "counters": dict(self.counters), "owned": sorted(self.workers), "leases": leases,
                 "workers": {k: w.stats() for k, (w, _t, _r) in self.workers.items()}}
 
 

@@ -38,10 +38,12 @@ def check_cluster(settings: ClusterSettings, services: list[str]) -> list[str]:
     for url in settings.servers:
         if not url.startswith(("nats://", "tls://")):
             problems.append(f"cluster.servers: {url!r} is not a nats:// or tls:// URL")
-    unsupported = sorted(set(services) - {"rules", "alerting"})
+    unsupported = sorted(set(services) - {"rules", "alerting", "storage"})
     if unsupported:
-        problems.append(f"services: {unsupported} cannot run in cluster mode yet (rules and alerting only; "
+        problems.append(f"services: {unsupported} cannot run in cluster mode yet (rules, storage and alerting only; "
                         "see docs/cluster.md)")
+    if "storage" in services and "rules" not in services:
+        problems.append("services: in cluster mode storage runs beside rules on each partition; add rules")
     if settings.replicas not in (1, 3, 5):
         problems.append("cluster.replicas: use 1, 3 or 5")
     return problems

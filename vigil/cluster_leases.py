@@ -1,4 +1,4 @@
-"""Which leases are free, judged from what this instance saw of the lease bucket (pure; no I/O).
+"""Which leases are free, judged from what this instance saw of the lease bucket (pure; no I/O), and lease errors.
 
 A lease is a KV key whose revision its holder bumps every round. Another instance considers it
 expired only once it has *itself* seen the same revision for ``ttl`` seconds of its own monotonic
@@ -10,9 +10,17 @@ again. Taking an expired lease is a revision-checked update, so of two claimers 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+from vigil.errors import ProgramError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEARTBEAT_PREFIX = "i."
 
@@ -73,3 +81,22 @@ class LeaseTable:
 def fair_share(partitions: int, live: int) -> int:
     """How many partitions one of ``live`` instances should hold."""
     return -(-partitions // max(1, live))
+
+
+class LeaseLost(ProgramError):
+    """Another instance owns what this one was working on; stop without writing anything more."""
+
+
+async def patiently(call: Callable[[], Awaitable[T]], what: str, attempts: int = 30) -> T:
+    """``call()``, retried while the cluster fails over (a JetStream leader election takes seconds)."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except (LeaseLost, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("%s failed (%s); retrying", what, exc or type(exc).__name__)
+            await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")

@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import signal
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -248,6 +249,21 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+GIL_SWITCH_INTERVAL_S = 0.001
+"""How long a thread may hold the GIL while another waits for it (Python's default is 5 ms)."""
+
+
+def shorten_gil_switch_interval(seconds: float = GIL_SWITCH_INTERVAL_S) -> None:
+    """Let a woken thread (an Apprise send, a sync) get the GIL within ``seconds`` instead of 5 ms (for server processes).
+
+    The event loop thread runs telemetry almost without pause at load; every time a notification's
+    sender thread wakes (started, connected, answered) it waited up to the whole interval for the
+    loop to let go, several times per notification (docs/benchmarks.md, "Issue 15 (session 3):
+    latency"). Only threads that wait are affected: with none waiting the loop is never interrupted.
+    """
+    sys.setswitchinterval(seconds)
 
 
 async def watch_registry(fleet: RegisteredDevices, interval: float = 2.0) -> None:

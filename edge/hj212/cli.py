@@ -41,7 +41,7 @@ from edge.hj212.gateway import (
     SessionPolicy,
     dead_letter_publisher,
 )
-from edge.runtime.cli import run_gateway, setup_logging
+from edge.runtime.cli import parse_nats_servers, run_gateway, setup_logging
 from edge.runtime.uplink import open_uplink, stop_on_signals
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class Hj212GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 
     listen: str = "0.0.0.0:6000"
     mqtt: str = "mqtt://127.0.0.1:1883"
+    nats: list[str] | None = None
+    """NATS URLs of a JetStream cluster: publish there instead of MQTT (needs ``data_dir``; docs/cluster.md)."""
     client_id: str = "vigil-edge-hj212"
     registry: str | None = None
     """Device registry YAML (``broker.registry``); loggers are checked by MN and PW against it."""
@@ -176,6 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file with the settings below (keys as in docs/hj212.md)")
     parser.add_argument("--listen", help="HOST:PORT to accept data loggers on (default 0.0.0.0:6000)")
     add_mqtt_arguments(parser, help="broker URL")
+    parser.add_argument("--nats", type=parse_nats_servers, metavar="URL[,URL...]",
+                        help="publish into a NATS JetStream cluster instead of MQTT (needs --data-dir; docs/cluster.md)")
     parser.add_argument("--client-id", dest="client_id")
     parser.add_argument("--registry", help="device registry YAML used to check MN and PW")
     parser.add_argument("--accept-unknown-devices", dest="accept_unknown_devices", action="store_const", const=True,
@@ -280,7 +284,7 @@ async def serve(config: Hj212GatewayConfig, *, stop: asyncio.Event | None = None
     audit_path = config.audit_path()
     audit = AuditLog(audit_path) if downlink is not None and audit_path is not None else None
     async with open_uplink(config.mqtt, client_id=config.client_id, data_dir=config.data_dir,
-                           gateway_name=config.gateway_name, agent=STAGE) as uplink:
+                           gateway_name=config.gateway_name, agent=STAGE, nats_servers=config.nats) as uplink:
         publish = uplink.publish
         gateway = Hj212Gateway(publish, policy=policy, limits=limits, passwords=passwords,
                                sites=passwords.site if passwords is not None else None,

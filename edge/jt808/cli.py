@@ -127,7 +127,7 @@ async def serve(args: argparse.Namespace, stop: asyncio.Event | None = None,
         platform = platform_from_args(args)
         async with open_uplink(args.mqtt, client_id=args.client_id, data_dir=getattr(args, "data_dir", None),
                                gateway_name=args.gateway_name, agent=STAGE,
-                               telemetry_qos=args.telemetry_qos) as uplink:
+                               telemetry_qos=args.telemetry_qos, nats_servers=getattr(args, "nats", None)) as uplink:
             gateway = Jt808Gateway(platform, uplink.publish, dead_letter=dead_letter_sink(uplink.publish, STAGE),
                                    limits=limits_from_args(args))
             if not getattr(args, "no_commands", False):

@@ -32,9 +32,20 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", number
 
 
+def parse_nats_servers(value: str) -> list[str]:
+    """Parse ``--nats``: comma-separated ``nats://`` or ``tls://`` URLs of a cluster's nodes."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    bad = [u for u in urls if not u.startswith(("nats://", "tls://"))]
+    if not urls or bad:
+        raise argparse.ArgumentTypeError(f"--nats wants nats://HOST:PORT[,nats://HOST:PORT...], got {value!r}")
+    return urls
+
+
 def add_uplink_arguments(p: argparse.ArgumentParser, *, name: str, data_dir_help: str) -> None:
-    """``--mqtt``, ``--client-id``, ``--telemetry-qos``, ``--data-dir``, ``--gateway-name`` (defaults from ``name``)."""
+    """``--mqtt``, ``--nats``, ``--client-id``, ``--telemetry-qos``, ``--data-dir``, ``--gateway-name`` (from ``name``)."""
     add_mqtt_arguments(p, default="mqtt://127.0.0.1:1883", help="broker URL")
+    p.add_argument("--nats", type=parse_nats_servers, metavar="URL[,URL...]", default=None,
+                   help="publish into a NATS JetStream cluster instead of MQTT (needs --data-dir; docs/cluster.md)")
     p.add_argument("--client-id", default=f"vigil-edge-{name}", help="MQTT client id")
     p.add_argument("--telemetry-qos", type=int, choices=(0, 1), default=1,
                    help="MQTT QoS of positions (events and dead letters are always QoS 1)")

@@ -23,6 +23,8 @@ class GatewayCounters:
     """Messages handed to the publish sink (telemetry, events, statuses, dead letters)."""
     publish_failures: int = 0
     """Messages the sink raised on (broker trouble, disk full); counted, the gateway carries on."""
+    replies_withheld: int = 0
+    """Answers not sent because a message they acknowledge was not taken by the sink (the device resends)."""
     connections_open: int = 0
     connections_total: int = 0
     connections_refused: int = 0

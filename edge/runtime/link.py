@@ -54,6 +54,21 @@ class EdgeLinkError(EdgeError):
     """The link cannot be used (outbox locked by another process, unusable data folder)."""
 
 
+def lock_outbox_folder(path: Path) -> int:
+    """Take the exclusive lock file ``path`` of an outbox folder; returns its descriptor (close it to release).
+
+    Raises:
+        EdgeLinkError: another process holds it.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise EdgeLinkError(f"outbox folder {path.parent} is in use by another agent") from None
+    return fd
+
+
 class EdgeLink:
     """Durable, ordered, acknowledged publishing plus presence for one edge agent."""
 
@@ -138,13 +153,7 @@ class EdgeLink:
 
     @staticmethod
     def _lock(path: Path) -> int:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise EdgeLinkError(f"outbox folder {path.parent} is in use by another agent") from None
-        return fd
+        return lock_outbox_folder(path)
 
     def _new_client(self) -> MqttClient:
         will = Will(self.identity.status_topic, self._status_payload(False, "connection_lost", with_ts=False))

@@ -2,13 +2,17 @@
 
 Devices connect over TCP; each connection gets a pure session from the gateway's platform
 (``new_session(peer)``: ``feed(bytes, now)``, ``tick(now)``, ``close(reason)``, ``authenticated``,
-``buffered``, ``peer``). Replies go straight back on the socket; publications and rejections go
-through one bounded queue to the publish sink. When the queue is full the server stops reading
-from devices (TCP backpressure) instead of growing without bound. The server applies the caps
-every gateway needs: connections in total, per address and unauthenticated per address
-(``ConnectionLimiter``), an authentication deadline counted from the connection's start, an idle
-timeout, a write-buffer bound; refusals are counted, logged (``RejectionLog``) and dead-lettered in
-aggregate (``DeadLetterAggregator``).
+``buffered``, ``peer``). Publications and rejections go through one bounded queue to the publish
+sink; a reply that answers publications is queued behind them and written only after the sink took
+them (for the gateways, after the outbox append), so a device never holds an answer for a message
+a crash can still lose; if the sink raised on one of them the answer is withheld (counted in
+``replies_withheld``) and the device retransmits. Other replies go straight back on the socket,
+unless an earlier answer of the same connection is still queued (replies keep their order).
+When the queue is full the server stops reading from devices (TCP backpressure) instead of
+growing without bound. The server applies the caps every gateway needs: connections in total,
+per address and unauthenticated per address (``ConnectionLimiter``), an authentication deadline
+counted from the connection's start, an idle timeout, a write-buffer bound; refusals are counted,
+logged (``RejectionLog``) and dead-lettered in aggregate (``DeadLetterAggregator``).
 """
 
 from __future__ import annotations
@@ -144,6 +148,8 @@ class _Connection(asyncio.BufferedProtocol):
         """Counted among its address's unauthenticated connections."""
         self.write_paused = False
         self.close_reason = "connection closed"
+        self.replies_queued = 0
+        """Replies of this connection waiting in the server's queue behind what they answer."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -199,6 +205,16 @@ class _Connection(asyncio.BufferedProtocol):
             self.server.enqueue(self.session.close(self.close_reason))
 
 
+@dataclass(slots=True)
+class _Reply:
+    """Answer bytes written after the ``covers`` queue items just before it were handed to the sinks."""
+
+    conn: _Connection
+    data: bytes
+    covers: int
+    close: bool
+
+
 class GatewayServer:
     """The TCP server: accepts devices, runs their sessions, feeds the publish sink."""
 
@@ -216,7 +232,11 @@ class GatewayServer:
         self._publish = publish
         self._dead_letter = dead_letter
         self._dead_letter_of = dead_letter_of
-        self._queue: deque[Publication | Rejection] = deque()
+        self._queue: deque[Publication | Rejection | _Reply] = deque()
+        self._handled = 0
+        """Queue items handed to the sinks (or failed) so far."""
+        self._last_failure = -1
+        """``_handled`` index of the newest item the sinks raised on."""
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -310,11 +330,26 @@ class GatewayServer:
         """Send replies, queue publications and rejections, apply backpressure and closes."""
         transport = conn.transport
         assert transport is not None
-        if out.replies:
-            transport.write(b"".join(out.replies) if len(out.replies) > 1 else out.replies[0])
-        if (out.publications or out.rejections) and self.enqueue(out) and conn not in self.paused:
-            transport.pause_reading()
-            self.paused.add(conn)
+        reply = b"".join(out.replies) if out.replies else b""
+        deferred = bool(reply) and (bool(out.publications) or conn.replies_queued > 0)
+        if out.publications or out.rejections:
+            before = len(self._queue)
+            full = self.enqueue(out)
+            if deferred:
+                self._queue.append(_Reply(conn, reply, len(self._queue) - before, out.close))
+                conn.replies_queued += 1
+            if full and conn not in self.paused:
+                transport.pause_reading()
+                self.paused.add(conn)
+        elif deferred:
+            self._queue.append(_Reply(conn, reply, 0, out.close))
+            conn.replies_queued += 1
+            self._idle.clear()
+            self._wake.set()
+        if deferred:
+            return
+        if reply:
+            transport.write(reply)
         if out.close or transport.get_write_buffer_size() > self.limits.max_write_buffer:
             transport.close()
 
@@ -366,6 +401,9 @@ class GatewayServer:
                 await self._wake.wait()
                 continue
             item = queue.popleft()
+            if isinstance(item, _Reply):
+                self._answer(item)
+                continue
             try:
                 if isinstance(item, Publication):
                     if item.retain:
@@ -376,10 +414,12 @@ class GatewayServer:
                     await self._dead_letter(self._dead_letter_of(item, utcnow()))
                 counters.published += 1
             except Exception as exc:  # the broker's trouble must not stop the gateway
+                self._last_failure = self._handled
                 counters.publish_failures += 1
                 if counters.publish_failures % 1000 == 1:
                     log.warning("%s: publish failed (%d so far): %s", self.name, counters.publish_failures, exc)
             handled += 1
+            self._handled += 1
             if self.paused and len(queue) <= low_water:
                 for conn in list(self.paused):
                     if conn.transport is not None and not conn.transport.is_closing() and not conn.write_paused:
@@ -387,6 +427,20 @@ class GatewayServer:
                 self.paused.clear()
             if handled % 512 == 0:
                 await asyncio.sleep(0)  # let devices' bytes in between long runs
+
+    def _answer(self, item: _Reply) -> None:
+        """Write a queued reply, unless the sinks refused one of the items it answers."""
+        conn, counters = item.conn, self.platform.counters
+        conn.replies_queued -= 1
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._last_failure >= self._handled - item.covers:
+            counters.replies_withheld += 1  # not stored: no answer, so the device sends it again
+        else:
+            transport.write(item.data)
+        if item.close or transport.get_write_buffer_size() > self.limits.max_write_buffer:
+            transport.close()
 
     async def _sweep(self) -> None:
         last_log = self.clock()

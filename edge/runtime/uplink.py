@@ -2,7 +2,9 @@
 
 ``open_uplink`` publishes straight through ``broker.mqtt.MqttClient`` (highest throughput,
 memory only while the broker is down) or, given a data folder, through an ``EdgeLink`` outbox
-(``LinkPublisher``: store-and-forward, gateway identity, retained status and last will).
+(``LinkPublisher``: store-and-forward, gateway identity, retained status and last will), or, given
+NATS servers and a data folder, through a ``NatsEdgeLink`` outbox straight into a JetStream cluster
+(``NatsLinkPublisher``: a record leaves the outbox once its partition stream stored it; docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -10,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.contracts import DeadLetter, dead_letter_topic, encode
 from edge.runtime.identity import EdgeIdentity
+from edge.runtime.link import EdgeLinkError
 from edge.runtime.server import DeadLetterSink, PublishSink
 from edge.runtime.sink import LinkPublisher, link_publisher
 
 if TYPE_CHECKING:
     from broker.mqtt import Handler
+    from edge.runtime.nats_link import NatsLinkPublisher
 
 
 @dataclass(frozen=True)
@@ -30,22 +34,35 @@ class Uplink:
 
     publish: PublishSink
     subscribe: Callable[[str, Handler], None]
-    sink: LinkPublisher | None = None
+    sink: LinkPublisher | NatsLinkPublisher | None = None
     """The store-and-forward sink (``data_dir`` given), else None."""
 
 
 @contextlib.asynccontextmanager
 async def open_uplink(mqtt_url: str, *, client_id: str, data_dir: str | Path | None, gateway_name: str,
-                      agent: str, telemetry_qos: int = 1, **link_options: Any) -> AsyncIterator[Uplink]:
-    """``MqttClient`` directly, or an ``EdgeLink`` outbox in ``data_dir`` as ``EdgeIdentity.for_gateway(gateway_name)``.
+                      agent: str, telemetry_qos: int = 1, nats_servers: Sequence[str] | None = None,
+                      **link_options: Any) -> AsyncIterator[Uplink]:
+    """``MqttClient`` directly, or an outbox in ``data_dir`` as ``EdgeIdentity.for_gateway(gateway_name)``.
 
-    ``telemetry_qos`` applies to ``.../telemetry`` topics in the direct mode only (the outbox
-    always delivers with QoS 1). ``link_options`` go to ``EdgeLink``.
+    With ``nats_servers`` (the NATS URLs of a cluster's nodes) the outbox is delivered by a
+    ``NatsEdgeLink`` as JetStream publishes and ``mqtt_url`` is not used; otherwise by an ``EdgeLink``
+    over MQTT. ``telemetry_qos`` applies to ``.../telemetry`` topics in the direct mode only (the outbox
+    always delivers with QoS 1). ``link_options`` go to the link.
 
     Raises:
         MqttError: the broker URL is unusable.
-        EdgeLinkError: the outbox folder is unusable or held by another process.
+        EdgeLinkError: the outbox folder is unusable or held by another process, or NATS servers
+            were given without a data folder (the NATS uplink always keeps an outbox).
     """
+    if nats_servers:
+        if not data_dir:
+            raise EdgeLinkError("the NATS uplink needs a data folder for its outbox (--data-dir)")
+        from edge.runtime.nats_link import nats_link_publisher  # imports nats-py only when asked for
+
+        identity = EdgeIdentity.for_gateway(gateway_name, agent=agent)
+        async with nats_link_publisher(nats_servers, identity, Path(data_dir), **link_options) as nats_sink:
+            yield Uplink(nats_sink.publish, nats_sink.link.subscribe, nats_sink)
+        return
     if data_dir:
         identity = EdgeIdentity.for_gateway(gateway_name, agent=agent)
         async with link_publisher(mqtt_url, identity, Path(data_dir), **link_options) as sink:

@@ -15,6 +15,7 @@ keeps JSON-serialisable state in its slot so the engine can snapshot it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,6 +77,33 @@ class EvalContext:
         return self.ts if self.sample_ts is None else self.sample_ts
 
 
+Guard = Callable[[list[Any]], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Steady:
+    """What a condition's signal on an in-order telemetry message is a function of (see ``Condition.steady``)."""
+
+    metrics: frozenset[str] = frozenset()
+    """Metrics whose values it reads (through expressions, ``get`` and ``has`` included)."""
+    flags: frozenset[str] = frozenset()
+    """Data flags (``flag("a21026")``) it reads."""
+    guards: tuple[Guard, ...] = ()
+    """Checks on the rule's slots that must hold after an evaluation for its signal to be reused (an
+    instant event waiting to expire makes the signal depend on time)."""
+    heard_within: float = math.inf
+    """The signal also depends on silence: reusable only while the device was heard less than this
+    many seconds of wall time ago (a deadman on the whole device)."""
+
+    def __or__(self, other: Steady) -> Steady:
+        return Steady(self.metrics | other.metrics, self.flags | other.flags, self.guards + other.guards,
+                      min(self.heard_within, other.heard_within))
+
+
+STEADY_NOTHING: Final = Steady()
+"""A condition whose telemetry signal reads no metric (it follows events or status messages only)."""
+
+
 @dataclass
 class BuildContext:
     """What the loader hands a condition builder."""
@@ -134,6 +162,20 @@ class Condition:
     def children(self) -> list[Condition]:
         """Nested conditions."""
         return []
+
+    def steady(self) -> Steady | None:
+        """What this condition's signal on an in-order telemetry message depends on, or None.
+
+        A ``Steady`` promises: once its ``guards`` held after an evaluation, and while the device
+        was heard within ``heard_within``, the signal is a function of the values of its
+        ``metrics`` and ``flags`` and the rule's parameters alone, and evaluating it on such a
+        message changes no state -- so the engine may reuse the last signal while none of them
+        changed. Its state may move only on event and status messages and ticks (after which the
+        engine evaluates afresh). The default, None, says "it reads the time, or keeps state
+        every message moves": the engine then evaluates it on every message. A subclass that
+        reads more than its parent must override this.
+        """
+        return None
 
     def wants_tick(self, slots: list[Any]) -> bool:
         """Whether time alone could change this device's signal now (the tick skips it otherwise)."""

@@ -14,11 +14,13 @@ from rules.conditions.base import (
     CLEAR,
     FIRE,
     HOLD,
+    STEADY_NOTHING,
     BuildContext,
     Condition,
     EvalContext,
     RuleError,
     Signal,
+    Steady,
     check_keys,
     condition_type,
     parse_duration,
@@ -50,6 +52,12 @@ class ExpressionCondition(Condition):
         if result is None:
             return None
         return FIRE if result else CLEAR
+
+    def steady(self) -> Steady | None:
+        """A function of the metrics and flags the expression reads."""
+        if type(self) is not ExpressionCondition:
+            return None  # a subclass may read more
+        return Steady(self.expr.reads, self.expr.flags)
 
 
 @condition_type("expr")
@@ -104,6 +112,13 @@ class ThresholdCondition(Condition):
         except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError):
             return None
 
+    def steady(self) -> Steady | None:
+        """A function of the metrics and flags its value and levels read."""
+        if type(self) is not ThresholdCondition:
+            return None
+        exprs = [self.value, self.fire, *([self.clear] if self.clear is not None else [])]
+        return Steady(frozenset().union(*(e.reads for e in exprs)), frozenset().union(*(e.flags for e in exprs)))
+
 
 @condition_type("threshold")
 def build_threshold(spec: Any, line: int, bc: BuildContext) -> Condition:
@@ -155,6 +170,12 @@ class RangeCondition(Condition):
         if inside is None:
             return None
         return CLEAR if inside else HOLD
+
+    def steady(self) -> Steady | None:
+        """A function of the metrics and flags its bounds read."""
+        if type(self) is not RangeCondition:
+            return None
+        return Steady(self.outside.reads | self.inside.reads, self.outside.flags | self.inside.flags)
 
 
 @condition_type("range")
@@ -211,6 +232,10 @@ class AllCondition(Condition):
             return CLEAR
         return None if unknown else result
 
+    def steady(self) -> Steady | None:
+        """Steady when every part is."""
+        return _steady_parts(self, self.parts, AllCondition)
+
 
 class AnyCondition(Condition):
     """Holds when one part holds; clears when every known part is clear."""
@@ -241,6 +266,10 @@ class AnyCondition(Condition):
                 result = s
         return result
 
+    def steady(self) -> Steady | None:
+        """Steady when every part is."""
+        return _steady_parts(self, self.parts, AnyCondition)
+
 
 class NotCondition(Condition):
     """Holds when its part is clear."""
@@ -260,6 +289,23 @@ class NotCondition(Condition):
         """The negated signal."""
         s = self.part.evaluate(ctx, slots)
         return None if s is None else -s
+
+    def steady(self) -> Steady | None:
+        """Steady when its part is."""
+        return _steady_parts(self, [self.part], NotCondition)
+
+
+def _steady_parts(cond: Condition, parts: list[Condition], cls: type[Condition]) -> Steady | None:
+    """Steady when every part is (the union of what they read)."""
+    if type(cond) is not cls:
+        return None
+    out = STEADY_NOTHING
+    for part in parts:
+        s = part.steady()
+        if s is None:
+            return None
+        out = out | s
+    return out
 
 
 def _inherit_triggers(cond: Condition, parts: list[Condition]) -> None:
@@ -321,6 +367,18 @@ class EventCondition(Condition):
         """Only an instant event waiting to expire changes with time."""
         state = slots[self.slot]
         return state is not None and state["at"] is not None
+
+    def steady(self) -> Steady | None:
+        """Without an event its signal follows the open events, which only events move -- unless an
+        instant event is waiting to expire (then the message's time decides)."""
+        if type(self) is not EventCondition:
+            return None
+        return Steady(guards=(self._no_expiry,))
+
+    def _no_expiry(self, slots: list[Any]) -> bool:
+        # (None: never evaluated, its state not created yet -- let the first evaluation create it)
+        state = slots[self.slot]
+        return state is not None and state["at"] is None
 
     def _measure_ok(self, ev: DeviceEvent, ctx: EvalContext) -> bool:
         if self.min_measure is None or ev.state == "end":
@@ -451,6 +509,10 @@ class StatusCondition(Condition):
             return CLEAR  # a device that never said it is offline is not known to be offline
         return FIRE if (not online) == self.want_offline else CLEAR
 
+    def steady(self) -> Steady | None:
+        """Follows the last status message (only status messages move it)."""
+        return STEADY_NOTHING if type(self) is StatusCondition else None
+
 
 @condition_type("status")
 def build_status(spec: Any, line: int, bc: BuildContext) -> Condition:
@@ -491,6 +553,15 @@ class AbsenceCondition(Condition):
         else:
             last = ctx.last_rx
         return FIRE if ctx.now_wall - last >= self.after else CLEAR
+
+    def steady(self) -> Steady | None:
+        """On the device's silence (no metric): clear while the device was heard within ``after``.
+
+        One metric's absence stamps its slot on every message carrying it: never steady.
+        """
+        if type(self) is not AbsenceCondition or self.metric is not None:
+            return None
+        return Steady(heard_within=self.after)
 
     def value_names(self) -> set[str]:
         """Nothing to report but the silence."""

@@ -27,9 +27,37 @@ from rules.conditions.base import (
     require_mapping,
 )
 
+_CACHE_SIZE = 4096
+_EPOCHS: dict[tuple[str, ZoneInfo], float | None] = {}
+"""Registry dates (text) already parsed: the tick judges every device's date every second."""
+_LABELS: dict[tuple[float, ZoneInfo], str] = {}
+"""``due_at`` texts already formatted."""
+
 
 def epoch_of(value: Any, tz: ZoneInfo) -> float | None:
     """Epoch seconds of a registry date (a bare date is local midnight); None when absent or unreadable."""
+    if value.__class__ is str:
+        key = (value, tz)
+        if key in _EPOCHS:
+            return _EPOCHS[key]
+        if len(_EPOCHS) >= _CACHE_SIZE:
+            _EPOCHS.clear()
+        found = _EPOCHS[key] = _epoch_of(value, tz)
+        return found
+    return _epoch_of(value, tz)
+
+
+def _due_label(due_at: float, tz: ZoneInfo) -> str:
+    key = (due_at, tz)
+    label = _LABELS.get(key)
+    if label is None:
+        if len(_LABELS) >= _CACHE_SIZE:
+            _LABELS.clear()
+        label = _LABELS[key] = datetime.fromtimestamp(due_at, tz).strftime("%Y-%m-%d %H:%M")
+    return label
+
+
+def _epoch_of(value: Any, tz: ZoneInfo) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -70,7 +98,7 @@ class DueCondition(Condition):
         if start is None:
             return None
         due_at = start + self.every
-        ctx.computed["due_at"] = datetime.fromtimestamp(due_at, self.tz).strftime("%Y-%m-%d %H:%M")
+        ctx.computed["due_at"] = _due_label(due_at, self.tz)
         overdue = ctx.now_wall - due_at
         ctx.computed["overdue_days"] = round(max(overdue, 0.0) / 86400.0, 1)
         return FIRE if overdue >= 0 else CLEAR

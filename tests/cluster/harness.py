@@ -60,7 +60,7 @@ class InstanceProc(ChildProcess):
 
     def __init__(self, tmp: Path, name: str, servers: list[str], partitions: int, receiver_url: str,
                  services: tuple[str, ...] = ("rules", "alerting"), rules_text: str = RULES,
-                 lease_ttl_s: float = 5.0) -> None:
+                 lease_ttl_s: float = 5.0, extra: dict[str, Any] | None = None) -> None:
         super().__init__(tmp / f"{name}.log")
         self.name = name
         rules = tmp / "rules.yaml"
@@ -79,6 +79,11 @@ class InstanceProc(ChildProcess):
             "cluster": {"servers": servers, "partitions": partitions, "lease_ttl_s": lease_ttl_s,
                         "checkpoint_interval_s": 1.0, "stream_max_age_s": 3600},
         }
+        for key, value in (extra or {}).items():  # a section, or keys of one (``alerting``)
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
         self.config = tmp / f"{name}.yaml"
         self.config.write_text(yaml.safe_dump(cfg, allow_unicode=True))
 
@@ -302,3 +307,35 @@ async def wait_for(predicate: Callable[[], Any], timeout: float, what: str | Cal
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
         await asyncio.sleep(step)
+
+
+async def http_get(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """GET ``url`` with a real HTTP client: (status, body)."""
+    import aiohttp
+
+    timeout_ = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(timeout=timeout_) as session, session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+def health_base(tmp: Path, name: str) -> str | None:
+    """The base URL of an instance's /health and /metrics (from ``health.port`` in its state folder)."""
+    try:
+        host, port = (tmp / "state" / name / "health.port").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return f"http://{host}:{port}"
+
+
+async def instance_health(tmp: Path, name: str) -> dict[str, Any] | None:
+    """An instance's /health report (None while it does not answer)."""
+    base = health_base(tmp, name)
+    if base is None:
+        return None
+    try:
+        status, body = await http_get(f"{base}/health")
+    except Exception:
+        return None
+    report: dict[str, Any] = json.loads(body)
+    report["http_status"] = status
+    return report

@@ -95,6 +95,8 @@ class Rig:
     published: list[tuple[str, bytes]]
     letters: list[DeadLetter]
     fail_publish: list[bool]
+    gate: asyncio.Event
+    """Publications wait for this (set: the sink takes them at once)."""
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.port)
@@ -129,8 +131,11 @@ async def rig_factory() -> AsyncIterator[MakeRig]:
         published: list[tuple[str, bytes]] = []
         letters: list[DeadLetter] = []
         fail = [False]
+        gate = asyncio.Event()
+        gate.set()
 
         async def publish(topic: str, payload: bytes, *, retain: bool = False) -> None:
+            await gate.wait()
             if fail[0]:
                 raise ConnectionError("broker gone")
             published.append((topic, payload))
@@ -142,7 +147,7 @@ async def rig_factory() -> AsyncIterator[MakeRig]:
                                dead_letter=dead_letter, limits=limits)
         _, port = await server.start("127.0.0.1", 0)
         servers.append(server)
-        return Rig(server, port, published, letters, fail)
+        return Rig(server, port, published, letters, fail, gate)
 
     yield make
     for server in servers:
@@ -230,15 +235,36 @@ async def test_refusals_are_all_counted_but_dead_lettered_in_aggregate(rig_facto
 async def test_publish_failures_are_counted_and_the_gateway_carries_on(rig_factory: MakeRig) -> None:
     rig = await rig_factory(GatewayLimits())
     reader, writer = await rig.connect()
+    writer.write(b"AUTH dev-5\n")
+    assert await reader.readline() == b"OK\n"
     rig.fail_publish[0] = True
-    writer.write(b"AUTH dev-5\nDATA one\n")
-    assert await reader.readline() == b"OK\n" and await reader.readline() == b"OK\n"
+    writer.write(b"DATA one\n")
     await until(lambda: rig.server.stats()["publish_failures"] == 1)
+    # The message was not taken, so it is not answered: the device keeps it and sends it again.
+    await until(lambda: rig.server.stats()["replies_withheld"] == 1)
     rig.fail_publish[0] = False
     writer.write(b"DATA two\n")
     assert await reader.readline() == b"OK\n"
     await until(lambda: rig.published == [("toy/dev-5", b"two")])
-    assert rig.server.stats()["published"] == 1
+    assert rig.server.stats()["published"] == 1 and rig.server.stats()["replies_withheld"] == 1
+
+
+async def test_an_answer_waits_until_the_sink_took_what_it_acknowledges(rig_factory: MakeRig) -> None:
+    rig = await rig_factory(GatewayLimits())
+    reader, writer = await rig.connect()
+    writer.write(b"AUTH dev-6\n")
+    assert await reader.readline() == b"OK\n"
+    rig.gate.clear()  # the sink (the outbox) is slow
+    writer.write(b"DATA one\n")
+    await until(lambda: rig.server.stats()["queued"] >= 1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await reader.readline()  # no answer while the message is only in memory
+    assert rig.published == []
+    rig.gate.set()
+    assert await reader.readline() == b"OK\n"
+    await until(lambda: rig.published == [("toy/dev-6", b"one")])
+    assert rig.server.stats()["replies_withheld"] == 0
 
 
 # ---------------------------------------------------------------------------- pure pieces

@@ -80,3 +80,15 @@ def test_constants() -> None:
     e = compile_expression("1.75 * 1.15")
     assert e.is_constant and e.constant == pytest.approx(2.0125)
     assert compile_expression(80).constant == 80
+
+
+def test_get_and_has_alone_are_not_constants() -> None:
+    # An expression that reads the message only through get()/has() must be evaluated per message
+    # (used as a threshold level it would otherwise be frozen at its load-time value).
+    level = compile_expression('get("limit_mps", 2.5)')
+    assert not level.is_constant and level.reads == frozenset({"limit_mps"})
+    assert level.fn({"limit_mps": 4.0}, {}, {}) == 4.0 and level.fn({}, {}, {}) == 2.5
+    present = compile_expression('has("door_open")')
+    assert not present.is_constant and present.fn({"door_open": 1}, {}, {}) is True
+    optional = compile_expression('get("margin", 1)', frozenset({"margin"}))
+    assert not optional.is_constant and optional.fn({}, {"margin": 3}, {}) == 3

@@ -11,7 +11,7 @@ from broker.contracts import Kind, Severity, Transition, encode
 from broker.mqtt import Message
 from broker.nats_server import partition_mapping
 from broker.nats_transport import device_topic, subject_to_topic, topic_to_subject, transition_msg_id
-from vigil.cluster import split_episodes
+from vigil.cluster_alerting import split_episodes
 from vigil.cluster_leases import LeaseTable, fair_share
 from vigil.config import ConfigError, parse_config
 
@@ -108,7 +108,10 @@ def test_cluster_config_is_validated_with_the_key_named() -> None:
     with pytest.raises(ConfigError, match=r"cluster\.servers"):
         parse_config({"services": ["rules"], "cluster": {"servers": ["http://x"]}})
     with pytest.raises(ConfigError, match="cannot run in cluster mode"):
-        parse_config({"services": ["rules", "storage"], "cluster": {"servers": ["nats://a:4222"]}})
+        parse_config({"services": ["rules", "console"], "cluster": {"servers": ["nats://a:4222"]}})
+    assert parse_config({"services": ["rules", "storage"], "cluster": {"servers": ["nats://a:4222"]}}).cluster
+    with pytest.raises(ConfigError, match="add rules"):
+        parse_config({"services": ["storage"], "cluster": {"servers": ["nats://a:4222"]}})
     with pytest.raises(ConfigError, match="partitions"):
         parse_config({"services": ["rules"], "cluster": {"servers": ["nats://a:4222"], "partitions": 0}})
     with pytest.raises(ConfigError, match="lease_tt"):
