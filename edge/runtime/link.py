@@ -69,7 +69,64 @@ def lock_outbox_folder(path: Path) -> int:
     return fd
 
 
-class EdgeLink:
+class OutboxFront:
+    """What every edge link offers its agent or gateway: commit to the durable outbox, say whether the device answers.
+
+    The link (MQTT ``EdgeLink`` or NATS ``NatsEdgeLink``) provides ``outbox``, ``counters``, ``_clock``,
+    ``_wake`` (set when there is something to send) and the online state its status messages report.
+    """
+
+    outbox: DurableOutbox
+    counters: dict[str, int]
+    _clock: Callable[[], float]
+    _wake: asyncio.Event
+    _online: bool
+    _offline_reason: str
+    _status_dirty: bool
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
+        """Commit a message to the outbox for delivery; returns its sequence number.
+
+        Raises:
+            ValueError: the topic is not a publish topic or the payload exceeds the contract's limit.
+            OutboxError: the disk write failed (the message is not stored).
+        """
+        if not topic or "+" in topic or "#" in topic or len(topic.encode("utf-8")) > 65535:
+            raise ValueError(f"not a publish topic: {topic[:200]!r}")
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+        try:
+            seq = self.outbox.append(topic, payload, retain=retain, now=self._clock())
+        except OutboxError:
+            self.counters["outbox_errors"] += 1
+            raise
+        self._wake.set()
+        return seq
+
+    def publish_telemetry(self, kind: Kind | str, device_id: str, telemetry: Telemetry) -> int:
+        """Queue a device's telemetry on ``vigil/v1/{kind}/{id}/telemetry``."""
+        return self.publish(device_topic(kind, device_id, Channel.TELEMETRY), encode(telemetry))
+
+    def publish_event(self, kind: Kind | str, device_id: str, event: DeviceEvent) -> int:
+        """Queue a device's event on ``vigil/v1/{kind}/{id}/event``."""
+        return self.publish(device_topic(kind, device_id, Channel.EVENT), encode(event))
+
+    def publish_device_status(self, kind: Kind | str, device_id: str, status: DeviceStatus) -> int:
+        """Queue a hosted device's status (gateways report each field device this way; retained on MQTT)."""
+        return self.publish(device_topic(kind, device_id, Channel.STATUS), encode(status), retain=True)
+
+    def set_online(self, online: bool, reason: str) -> None:
+        """Say whether the device behind the agent answers (an agent can be up while its box is not).
+
+        The next status message says so (at once when connected) and later heartbeats repeat it.
+        """
+        if online != self._online or (not online and reason != self._offline_reason):
+            self._online = online
+            self._offline_reason = "" if online else reason
+            self._status_dirty = True
+
+
+class EdgeLink(OutboxFront):
     """Durable, ordered, acknowledged publishing plus presence for one edge agent."""
 
     def __init__(
@@ -219,48 +276,6 @@ class EdgeLink:
             await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ publishing
-
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
-        """Commit a message to the outbox for delivery with QoS 1; returns its sequence number.
-
-        Raises:
-            ValueError: the topic is not a publish topic or the payload exceeds the contract's limit.
-            OutboxError: the disk write failed (the message is not stored).
-        """
-        if not topic or "+" in topic or "#" in topic or len(topic.encode("utf-8")) > 65535:
-            raise ValueError(f"not a publish topic: {topic[:200]!r}")
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-        try:
-            seq = self.outbox.append(topic, payload, retain=retain, now=self._clock())
-        except OutboxError:
-            self.counters["outbox_errors"] += 1
-            raise
-        self._wake.set()
-        return seq
-
-    def publish_telemetry(self, kind: Kind | str, device_id: str, telemetry: Telemetry) -> int:
-        """Queue a device's telemetry on ``vigil/v1/{kind}/{id}/telemetry``."""
-        return self.publish(device_topic(kind, device_id, Channel.TELEMETRY), encode(telemetry))
-
-    def publish_event(self, kind: Kind | str, device_id: str, event: DeviceEvent) -> int:
-        """Queue a device's event on ``vigil/v1/{kind}/{id}/event``."""
-        return self.publish(device_topic(kind, device_id, Channel.EVENT), encode(event))
-
-    def publish_device_status(self, kind: Kind | str, device_id: str, status: DeviceStatus) -> int:
-        """Queue a hosted device's retained status (gateways report each field device this way)."""
-        return self.publish(device_topic(kind, device_id, Channel.STATUS), encode(status), retain=True)
-
-    def set_online(self, online: bool, reason: str) -> None:
-        """Say whether the device behind the agent answers (an agent can be up while its box is not).
-
-        The retained status changes at once when connected (else on the next connect) and later
-        heartbeats repeat it; the MQTT will still covers the agent itself vanishing.
-        """
-        if online != self._online or (not online and reason != self._offline_reason):
-            self._online = online
-            self._offline_reason = "" if online else reason
-            self._status_dirty = True
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Receive messages (commands) in batches; see ``MqttClient.subscribe``."""

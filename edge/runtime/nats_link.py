@@ -38,14 +38,8 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError
 
 from broker.contracts import (
-    MAX_PAYLOAD_BYTES,
     TOPIC_ROOT,
-    Channel,
-    DeviceEvent,
     DeviceStatus,
-    Kind,
-    Telemetry,
-    device_topic,
     encode,
     utcnow,
 )
@@ -54,7 +48,7 @@ from broker.nats_server import PARTITION_PREFIX
 from broker.nats_transport import device_topic as device_topic_of
 from broker.nats_transport import subject_to_topic, topic_to_subject
 from edge.runtime.identity import EdgeIdentity
-from edge.runtime.link import EdgeLinkError, lock_outbox_folder
+from edge.runtime.link import EdgeLinkError, OutboxFront, lock_outbox_folder
 from edge.runtime.outbox import DurableOutbox, OutboxError, OutboxMessage
 
 log = logging.getLogger(__name__)
@@ -102,7 +96,7 @@ def subject_topic(subject: str) -> str:
     return subject_to_topic(subject)
 
 
-class NatsEdgeLink:
+class NatsEdgeLink(OutboxFront):
     """Durable, acknowledged publishing of an edge agent's outbox into a NATS JetStream cluster, plus presence."""
 
     def __init__(
@@ -228,61 +222,26 @@ class NatsEdgeLink:
                     await self.flush()
             with contextlib.suppress(Exception):
                 await self._publish_status(False, "shutdown")
-        for task in [*self._tasks, *self._sends]:
+        tasks = [*self._tasks, *self._sends]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._sends]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
         self._tasks.clear()
         if self.nc is not None:
+            # Bounded: the client's close can wait on a connection that is half gone (a node just killed).
             with contextlib.suppress(Exception):
-                await self.nc.close()
+                async with asyncio.timeout(timeout):
+                    await self.nc.close()
         self._commit_acks()
         self.outbox.close()
         os.close(self._lock_fd)
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> int:
-        """Commit a record to the outbox for delivery to its stream; returns its sequence number.
-
-        ``retain`` is kept with the record but means nothing to a stream (the stream keeps every
-        status in order, so a newer "offline" always lands after an older "online").
-
-        Raises:
-            ValueError: the topic is not a publish topic or the payload exceeds the contract's limit.
-            OutboxError: the disk write failed (the record is not stored).
-        """
-        if not topic or "+" in topic or "#" in topic or len(topic.encode("utf-8")) > 65535:
-            raise ValueError(f"not a publish topic: {topic[:200]!r}")
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
-        try:
-            seq = self.outbox.append(topic, payload, retain=retain, now=self._clock())
-        except OutboxError:
-            self.counters["outbox_errors"] += 1
-            raise
-        self._wake.set()
-        return seq
-
-    def publish_telemetry(self, kind: Kind | str, device_id: str, telemetry: Telemetry) -> int:
-        """Queue a device's telemetry on ``vigil/v1/{kind}/{id}/telemetry``."""
-        return self.publish(device_topic(kind, device_id, Channel.TELEMETRY), encode(telemetry))
-
-    def publish_event(self, kind: Kind | str, device_id: str, event: DeviceEvent) -> int:
-        """Queue a device's event on ``vigil/v1/{kind}/{id}/event``."""
-        return self.publish(device_topic(kind, device_id, Channel.EVENT), encode(event))
-
-    def publish_device_status(self, kind: Kind | str, device_id: str, status: DeviceStatus) -> int:
-        """Queue a hosted device's status on ``vigil/v1/{kind}/{id}/status``."""
-        return self.publish(device_topic(kind, device_id, Channel.STATUS), encode(status), retain=True)
-
-    def set_online(self, online: bool, reason: str) -> None:
-        """Say whether the device behind the agent answers; the next status says so."""
-        if online != self._online or (not online and reason != self._offline_reason):
-            self._online = online
-            self._offline_reason = "" if online else reason
-            self._status_dirty = True
+    # publish(), publish_telemetry/event/device_status() and set_online() come from OutboxFront. A record's
+    # ``retain`` is kept but means nothing to a stream: the stream keeps every status in order, so a newer
+    # "offline" always lands after an older "online".
 
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
         """Receive messages (platform commands) on plain NATS; ``handler`` gets each as a one-message batch."""

@@ -16,9 +16,11 @@ the alerting holder) are SIGKILLed, while every level spell is pending. Checked 
 - state continues on the taking-over instance: the level alerts of the killed instance's devices fire
   after the kill with ``started_at`` = the first high message, sent before the kill.
 
-Why the fleet is not MQTT during the kills: nats-server 2.9 acknowledges an MQTT QoS 1 publish
-without the partition stream having stored it; while that stream's leader is being re-elected after
-a node kill, acknowledged messages were lost (2 of 5 runs here, 10+ per device). See docs/cluster.md.
+Why the fleet is not MQTT during the kills: nats-server (2.9.10 and 2.15.1 alike) acknowledges an
+MQTT QoS 1 publish without the partition stream having stored it; while that stream's leader is being
+re-elected after a node kill, acknowledged messages were lost (2 of 5 runs here on 2.9, 10+ per
+device; 4 of 5 runs on 2.15). Gateways use the NATS uplink instead (edge/runtime/nats_link.py, its
+node-kill test in test_cluster_uplink.py). See docs/cluster.md.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ async def cleanup_cluster(nc: Any, nodes: list[NatsNodeProcess]) -> None:
     try:
         if nc is not None:
             with contextlib.suppress(Exception):
-                await nc.close()
+                async with asyncio.timeout(10):
+                    await nc.close()
     finally:
         for n in nodes:
             try:
