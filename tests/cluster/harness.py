@@ -254,6 +254,18 @@ async def leases(js: Any) -> dict[str, str]:
     return out
 
 
+async def lease_owner(js: Any, key: str, timeout: float = 30.0) -> str:
+    """The owner of one lease, read until a read succeeds (``leases`` gives {} when a KV read times out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owner = (await leases(js)).get(key)
+        if owner is not None:
+            return owner
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no owner of lease {key!r} read within {timeout:.0f} s")
+        await asyncio.sleep(0.2)
+
+
 async def checkpoint(js: Any, partition: int) -> dict[str, Any] | None:
     try:
         kv = await js.key_value(CHECKPOINTS_BUCKET)

@@ -28,7 +28,7 @@ import aiohttp
 import pytest
 
 from broker.mosquitto import free_port
-from tests.cluster.harness import GatewayDevice, InstanceProc, js_connect, leases, start_nats, wait_for
+from tests.cluster.harness import GatewayDevice, InstanceProc, js_connect, lease_owner, leases, start_nats, wait_for
 from tests.faults.harness import Receiver
 from vigil.cluster_alerting import HEAD_KEY, NOTIFIED_BUCKET, SNAPSHOT_BUCKET
 
@@ -143,7 +143,7 @@ async def test_alerting_holder_killed_with_open_alerts(tmp_path: Path) -> None:
         await wait_for(lambda: {("Alert", d) for d in ids} <= set(_told(receiver)), 90,
                        lambda: f"the Alert notifications; told {dict(_told(receiver))}")
 
-        holder_name = (await leases(js))["alerting"]
+        holder_name = await lease_owner(js, "alerting")
         holder_key = holder_name.removeprefix("inst-")
         holder, other = instances[holder_key], next(i for k, i in instances.items() if k != holder_key)
         listed = await _api(ports[holder_key], token, "GET", "/api/alerts?status=firing")
@@ -176,7 +176,7 @@ async def test_alerting_holder_killed_with_open_alerts(tmp_path: Path) -> None:
         told = _told(receiver)
         assert {k: n for k, n in told.items() if n > 1} == {}, f"notified twice: {told}"
         assert set(told) == {(k, d) for d in ids for k in ("Alert", "Resolved")}, told
-        assert (await leases(js))["alerting"] == other.name
+        assert await lease_owner(js, "alerting") == other.name
         assert _escalated(receiver) == Counter(unacked), f"escalations: {_escalated(receiver)}"
 
         # The new holder has every alert, with the acknowledgements made on the dead holder.
